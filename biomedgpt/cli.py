@@ -1,0 +1,56 @@
+"""The `biomedgpt` command line: one table, subcommand -> module that implements it.
+
+Each command module defines `add_arguments(parser)` and `run(args) -> int`. Modules are imported
+only when their subcommand runs, so `biomedgpt --help` stays instant and never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module implementing it, one-line help). Nested groups use "group name".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "describe": ("biomedgpt.commands.describe", "print an architecture's size and vocabulary layout"),
+    "quickstart": ("biomedgpt.commands.quickstart", "build a tiny model and run generation end to end"),
+    "config": ("biomedgpt.commands.config_cmd", "resolve -c YAML files and overrides; print the run config"),
+    "tokenizer": ("biomedgpt.commands.tokenizer_cmd", "build or inspect the unified tokenizer"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biomedgpt",
+        description="BiomedGPT: one encoder-decoder for biomedical captioning, VQA, reports and more.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the package version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        name = argv[0]
+        module = importlib.import_module(COMMANDS[name][0])
+        parser = argparse.ArgumentParser(prog=f"biomedgpt {name}", description=COMMANDS[name][1])
+        module.add_arguments(parser)
+        args = parser.parse_args(argv[1:])
+        return int(module.run(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from biomedgpt import __version__
+
+        print(__version__)
+        return 0
+    parser.print_help()
+    return 0 if not argv else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""CLI subcommand implementations; each module: add_arguments(parser) and run(args) -> int."""
