@@ -34,8 +34,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.utils import ModelOutput
 
+from biomedgpt.model.cache import HFCache, StaticKVCache, as_kv_cache
 from biomedgpt.model.configuration import BiomedGPTConfig
 from biomedgpt.model.resnet import ResNetStem, drop_path, linear_rates
+
+KVCache = HFCache | StaticKVCache
 
 # --------------------------------------------------------------------------------------------------
 # Relative position buckets (OFA: make_token_bucket_position / make_image_bucket_position)
@@ -148,24 +151,23 @@ class BiomedGPTAttention(nn.Module):
         *,
         attn_bias: torch.Tensor,  # broadcastable to (B, H, Tq, Tk): biases + masks (-inf)
         key_value_states: torch.Tensor | None = None,  # (B, S, D) for cross-attention
-        cache: EncoderDecoderCache | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         query = split_heads(self.q_proj(hidden_states), self.num_heads)  # (B, H, Tq, hd)
         if self.is_cross:
-            if cache is not None and cache.is_updated.get(self.layer_idx):
-                layer = cache.cross_attention_cache.layers[self.layer_idx]
-                key, value = layer.keys, layer.values  # (B, H, S, hd), computed at the first step
+            cached = cache.cross(self.layer_idx) if cache is not None else None
+            if cached is not None:
+                key, value = cached  # (B, H, S, hd), computed at the first decoding step
             else:
                 key = split_heads(self.k_proj(key_value_states), self.num_heads)
                 value = split_heads(self.v_proj(key_value_states), self.num_heads)
                 if cache is not None:
-                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
-                    cache.is_updated[self.layer_idx] = True
+                    cache.set_cross(self.layer_idx, key, value)
         else:
             key = split_heads(self.k_proj(hidden_states), self.num_heads)  # (B, H, Tq, hd)
             value = split_heads(self.v_proj(hidden_states), self.num_heads)
             if cache is not None:
-                key, value = cache.self_attention_cache.update(key, value, self.layer_idx)  # (B, H, Tk, hd)
+                key, value = cache.update_self(self.layer_idx, key, value)  # (B, H, Tk, hd)
         attn = F.scaled_dot_product_attention(
             query,
             key,
@@ -254,7 +256,7 @@ class BiomedGPTDecoderLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor,  # (B, S, D)
         self_attn_bias: torch.Tensor,
         cross_attn_bias: torch.Tensor,
-        past_key_values: EncoderDecoderCache | None = None,
+        past_key_values: KVCache | None = None,
     ) -> torch.Tensor:
         x = self.self_attn(
             self.self_attn_layer_norm(hidden_states), attn_bias=self_attn_bias, cache=past_key_values
@@ -503,91 +505,136 @@ class BiomedGPTDecoder(BiomedGPTPreTrainedModel):
             ]
         )
         self.dropout = config.dropout
+        self._inference_memo: dict[str, tuple] = {}
         self.post_init()
 
-    def _position_embeddings(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """LayerNormed target position embeddings (length, D): text positions and image-code positions."""
-        text = self.pos_ln(self.embed_positions(torch.arange(length, device=device)))
-        code_ids = decoder_code_positions(self.config.code_grid_size, self.config.image_bucket_size, length)
-        code = self.image_pos_ln(self.embed_image_positions(code_ids.to(device)))
-        return text, code
+    def _memo(self, name: str, params: list[torch.Tensor], compute):
+        """Inference-time memo of weight-derived tables, invalidated when any of `params` changes in place.
 
-    def _rel_bias(
-        self, idx: int, start: int, length: int, code_masks: torch.Tensor | None, device
-    ) -> torch.Tensor:
-        """Relative bias (b, H, Tq, Tk) of layer idx for queries start..length-1 over keys 0..length-1."""
+        Training (grad enabled) always recomputes, so gradients flow.
+        """
+        if torch.is_grad_enabled():
+            return compute()
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        hit = self._inference_memo.get(name)
+        if hit is None or hit[0] != key:
+            hit = (key, compute())
+            self._inference_memo[name] = hit
+        return hit[1]
+
+    def _position_params(self) -> list[torch.Tensor]:
+        modules = (
+            self.embed_positions,
+            self.embed_image_positions,
+            self.pos_ln,
+            self.image_pos_ln,
+            self.self_pos_q_linear,
+            self.self_pos_k_linear,
+            self.cross_pos_q_linear,
+        )
+        return [p for m in modules for p in m.parameters()]
+
+    def _position_tables(self, length: int) -> dict[str, torch.Tensor]:
+        """Projected target positions 0..length-1, for text (row 0) and image-code (row 1) targets.
+
+        self_q, self_k, cross_q: (2, H, length, hd); queries carry the attention scale.
+        """
+        device = self.embed_positions.weight.device
+        text = self.pos_ln(self.embed_positions.weight[:length])  # (L, D)
+        code_ids = decoder_code_positions(self.config.code_grid_size, self.config.image_bucket_size, length)
+        code = self.image_pos_ln(self.embed_image_positions(code_ids.to(device)))  # (L, D)
+        pos = torch.stack([text, code])  # (2, L, D)
+        scale = (self.config.d_model / self.num_heads * self.config.attn_scale_factor) ** -0.5
+        return {
+            "self_q": split_heads(self.self_pos_q_linear(pos), self.num_heads) * scale,
+            "self_k": split_heads(self.self_pos_k_linear(pos), self.num_heads),
+            "cross_q": split_heads(self.cross_pos_q_linear(pos), self.num_heads) * scale,
+        }
+
+    def _cross_position_keys(self, encoder_outputs: BiomedGPTEncoderOutput) -> torch.Tensor:
+        """(1, H, S, hd) keys of the encoder positions, memoized on the encoder output across decoding steps."""
+        params = list(self.cross_pos_k_linear.parameters())
+
+        def compute() -> torch.Tensor:
+            src_pos = encoder_outputs.position_embeddings[:1]  # (1, S, D): the same for every sample
+            return split_heads(self.cross_pos_k_linear(src_pos), self.num_heads)
+
+        if torch.is_grad_enabled():
+            return compute()
+        key = (id(encoder_outputs.position_embeddings), *((p.data_ptr(), p._version) for p in params))
+        memo = getattr(encoder_outputs, "_cross_position_keys", None)
+        if memo is None or memo[0] != key:
+            memo = (key, compute())
+            object.__setattr__(encoder_outputs, "_cross_position_keys", memo)
+        return memo[1]
+
+    def _rel_bias(self, idx: int, start: int, total: int, kinds: torch.Tensor | None) -> torch.Tensor:
+        """Relative bias of layer idx for queries start..total-1 over keys 0..total-1: (1 or B, H, Tq, Tk)."""
+        device = self.embed_positions.weight.device
         buckets = token_bucket_positions(self.config.token_bucket_size, self.config.max_target_positions)
-        text = self.token_rel_pos_table_list[idx](buckets[start:length, :length].to(device)).permute(2, 0, 1)
-        if code_masks is None:
+        text = self.token_rel_pos_table_list[idx](buckets[start:total, :total].to(device)).permute(2, 0, 1)
+        if kinds is None:
             return text[None]  # (1, H, Tq, Tk)
-        ids = decoder_code_positions(self.config.code_grid_size, self.config.image_bucket_size, length)
-        image_buckets = image_bucket_positions(self.config.image_bucket_size)[ids][:, ids][start:length]
+        ids = decoder_code_positions(self.config.code_grid_size, self.config.image_bucket_size, total)
+        image_buckets = image_bucket_positions(self.config.image_bucket_size)[ids][:, ids][start:total]
         code = self.image_rel_pos_table_list[idx](image_buckets.to(device)).permute(2, 0, 1)
-        return torch.where(code_masks[:, None, None, None], code[None], text[None])  # (B, H, Tq, Tk)
+        return torch.stack([text, code])[kinds]  # (B, H, Tq, Tk)
 
     def forward(
         self,
         input_ids: torch.LongTensor,  # (B, Tq) decoder tokens (only the new ones when a cache is given)
         encoder_outputs: BiomedGPTEncoderOutput,
         code_masks: torch.Tensor | None = None,  # (B,) bool: True = this sample's target is image codes
-        past_key_values: EncoderDecoderCache | None = None,
+        past_key_values: object | None = None,  # EncoderDecoderCache or StaticKVCache
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        cache = as_kv_cache(past_key_values)
         query_len = input_ids.shape[1]
-        device = input_ids.device
-        start = past_key_values.get_seq_length() if past_key_values is not None else 0
+        start = cache.get_seq_length() if cache is not None else 0
         total = start + query_len
         if total > self.config.max_target_positions:
             raise ValueError(
                 f"decoder length {total} exceeds max_target_positions={self.config.max_target_positions}"
             )
-        if code_masks is not None and not bool(code_masks.any()):
-            code_masks = None
+        kinds = (
+            code_masks.long() if code_masks is not None and bool(code_masks.any()) else None
+        )  # 0 text, 1 codes
 
         x = self.embed_tokens(input_ids) * self.embed_scale  # (B, Tq, D)
-        if code_masks is None:
+        if kinds is None:
             x = self.layernorm_embedding(x)
         else:
             x = torch.where(
-                code_masks[:, None, None], self.code_layernorm_embedding(x), self.layernorm_embedding(x)
+                kinds[:, None, None].bool(), self.code_layernorm_embedding(x), self.layernorm_embedding(x)
             )
         x = F.dropout(x, self.dropout, self.training)
 
-        # Position biases: queries are positions start..total-1, keys 0..total-1 (self) or the encoder (cross).
-        text_pos, code_pos = self._position_embeddings(total, device)  # (total, D) each
-        self_abs = self._bias(
-            self.self_pos_q_linear, self.self_pos_k_linear, text_pos[None, start:], text_pos[None]
+        # Position biases. Queries are target positions start..total-1; keys are positions 0..total-1 (self)
+        # or the encoder's tokens (cross). Row 0 of each table is for text targets, row 1 for image codes.
+        length = self.config.max_target_positions if not torch.is_grad_enabled() else total
+        tables = self._memo("positions", self._position_params(), lambda: self._position_tables(length))
+        rows = slice(0, 1) if kinds is None else slice(0, 2)
+        self_abs = tables["self_q"][rows, :, start:total] @ tables["self_k"][rows, :, :total].transpose(
+            -1, -2
         )
-        src_pos = encoder_outputs.position_embeddings[:1]  # (1, S, D): the same for every sample
-        cross_abs = self._bias(
-            self.cross_pos_q_linear, self.cross_pos_k_linear, text_pos[None, start:], src_pos
-        )
-        if code_masks is not None:
-            mask4 = code_masks[:, None, None, None]
-            code_self = self._bias(
-                self.self_pos_q_linear, self.self_pos_k_linear, code_pos[None, start:], code_pos[None]
-            )
-            code_cross = self._bias(
-                self.cross_pos_q_linear, self.cross_pos_k_linear, code_pos[None, start:], src_pos
-            )
-            self_abs = torch.where(mask4, code_self, self_abs)  # (B, H, Tq, Tk)
-            cross_abs = torch.where(mask4, code_cross, cross_abs)
-        causal = torch.full((query_len, total), float("-inf"), device=device).triu(start + 1)  # (Tq, Tk)
-        enc_padding = encoder_outputs.padding_mask
-        cross_bias = (
-            cross_abs
-            + torch.zeros(enc_padding.shape, device=device).masked_fill(enc_padding, float("-inf"))[
-                :, None, None, :
-            ]
-        )
+        cross_k = self._cross_position_keys(encoder_outputs)  # (1, H, S, hd)
+        cross_abs = tables["cross_q"][rows, :, start:total] @ cross_k.transpose(-1, -2)  # (r, H, Tq, S)
+        if kinds is not None:
+            self_abs, cross_abs = self_abs[kinds], cross_abs[kinds]  # (B, H, Tq, .)
+        causal = torch.full((query_len, total), float("-inf"), device=x.device).triu(start + 1)  # (Tq, Tk)
+        enc_padding = encoder_outputs.padding_mask  # (B, S)
+        enc_padding = torch.zeros(enc_padding.shape, device=x.device).masked_fill(enc_padding, float("-inf"))
+        cross_bias = cross_abs + enc_padding[:, None, None, :]  # (B, H, Tq, S)
 
         encoder_states = encoder_outputs.last_hidden_state
         hidden_states = [x] if output_hidden_states else None
         for idx, layer in enumerate(self.layers):
-            self_bias = self_abs + self._rel_bias(idx, start, total, code_masks, device) + causal
-            x = layer(x, encoder_states, self_bias, cross_bias, past_key_values=past_key_values)
+            self_bias = self_abs + self._rel_bias(idx, start, total, kinds) + causal  # (b, H, Tq, Tk)
+            x = layer(x, encoder_states, self_bias, cross_bias, past_key_values=cache)
             if output_hidden_states:
                 hidden_states.append(x)
+        if cache is not None:
+            cache.advance(query_len)
         x = self.layer_norm(x)  # (B, Tq, D)
         return x, tuple(hidden_states) if hidden_states else None
 

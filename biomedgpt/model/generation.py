@@ -1,0 +1,269 @@
+"""Our decoding loop: greedy and beam search over a preallocated KV cache, with BiomedGPT's constraints.
+
+Why our own loop beside `generate()`: it writes the KV cache in place (`StaticKVCache`), computes logits for the
+last position only, and applies the constraints BiomedGPT needs as one additive mask per step:
+- token-range restriction (text only for captions and answers, `<bin>` only for boxes, `<code>` only for images),
+  which also stops image-code tokens leaking into captions, a known trap of the OFA ports;
+- closed-set decoding with an `AnswerTrie` (VQA, classification);
+- `min_new_tokens`, `no_repeat_ngram_size`, and beam search with a length penalty (score / length ** penalty,
+  length counting generated tokens including eos, as in transformers).
+`tests/unit/test_generation.py` ties greedy and beam outputs to transformers' `generate()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from biomedgpt.model.cache import StaticKVCache
+from biomedgpt.model.constraints import AnswerTrie, banned_ngram_tokens
+
+
+@dataclass(kw_only=True)
+class DecodeOptions:
+    """How to decode; the defaults give greedy decoding of up to 64 tokens."""
+
+    max_new_tokens: int = 64
+    """Most tokens generated per sample, eos included."""
+    min_new_tokens: int = 0
+    """eos is forbidden before this many tokens."""
+    num_beams: int = 1
+    """1 = greedy; more = beam search."""
+    length_penalty: float = 1.0
+    """Beam score = sum of log-probs / length ** length_penalty."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this size (0 = off)."""
+    allowed_tokens: torch.Tensor | None = None
+    """(V,) bool: tokens that may be generated (see `biomedgpt.tokenization.ranges`); None = all but specials."""
+    trie: AnswerTrie | None = None
+    """Closed-set answers: only sequences of the trie can be produced."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in 0..max_new_tokens, got {self.min_new_tokens}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # (B, L) generated tokens, eos included, padded with pad_token_id
+    scores: torch.Tensor  # (B,) sum of log-probs (greedy) or length-normalized beam score
+
+
+class _Decoder:
+    """The model's decoder + output projection behind a one-step interface."""
+
+    def __init__(self, model, encoder_outputs, code_masks, *, batch: int, max_len: int) -> None:
+        config = model.config
+        first = next(model.parameters())
+        self.model = model
+        self.encoder_outputs = encoder_outputs
+        self.code_masks = code_masks
+        self.cache = StaticKVCache(
+            num_layers=config.decoder_layers,
+            batch=batch,
+            num_heads=config.decoder_attention_heads,
+            head_dim=config.d_model // config.decoder_attention_heads,
+            max_len=max_len,
+            dtype=first.dtype,
+            device=first.device,
+        )
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (N, 1) -> log-probs (N, V) of the next token."""
+        hidden, _ = self.model.model.decoder(
+            tokens, self.encoder_outputs, code_masks=self.code_masks, past_key_values=self.cache
+        )
+        logits = self.model.lm_head(hidden[:, -1])  # (N, V)
+        return F.log_softmax(logits.float(), dim=-1)
+
+
+def _expand_encoder_outputs(encoder_outputs, times: int):
+    """Repeat each sample's encoder outputs `times` times (beams), as transformers does."""
+    if times == 1:
+        return encoder_outputs
+    return type(encoder_outputs)(
+        **{
+            k: v.repeat_interleave(times, dim=0) if isinstance(v, torch.Tensor) else v
+            for k, v in encoder_outputs.items()
+        }
+    )
+
+
+class _Constraints:
+    """Builds the additive (N, V) mask of one step from the options and each row's tokens so far."""
+
+    def __init__(self, options: DecodeOptions, config, vocab_size: int, device: torch.device) -> None:
+        self.options = options
+        self.eos = config.eos_token_id
+        if options.allowed_tokens is not None:
+            allowed = options.allowed_tokens.to(device=device, dtype=torch.bool).clone()
+        else:
+            allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+            allowed[[config.pad_token_id, config.bos_token_id, config.decoder_start_token_id]] = False
+        allowed[self.eos] = True
+        self.base = torch.zeros(vocab_size, device=device).masked_fill(~allowed, float("-inf"))  # (V,)
+        self.no_eos = self.base.clone()
+        self.no_eos[self.eos] = float("-inf")
+
+    def __call__(self, step: int, rows: list[list[int]]) -> torch.Tensor:
+        base = self.no_eos if step < self.options.min_new_tokens else self.base
+        mask = base.expand(len(rows), -1)
+        if self.options.trie is None and self.options.no_repeat_ngram_size <= 0:
+            return mask
+        mask = mask.clone()
+        for i, tokens in enumerate(rows):
+            if self.options.trie is not None:
+                keep = torch.tensor(self.options.trie.allowed(tokens), device=mask.device)
+                row = torch.full_like(mask[i], float("-inf"))
+                row[keep] = mask[i, keep]
+                mask[i] = row
+            for token in banned_ngram_tokens(tokens, self.options.no_repeat_ngram_size):
+                mask[i, token] = float("-inf")
+        return mask
+
+
+@torch.no_grad()
+def generate(
+    model,
+    *,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    patch_images: torch.Tensor | None = None,
+    patch_masks: torch.Tensor | None = None,
+    code_masks: torch.Tensor | None = None,
+    options: DecodeOptions | None = None,
+) -> GenerationOutput:
+    """Decode from a `BiomedGPTForConditionalGeneration` with our loop (greedy when num_beams == 1)."""
+    options = options or DecodeOptions()
+    encoder_outputs = model.get_encoder()(
+        input_ids, attention_mask=attention_mask, patch_images=patch_images, patch_masks=patch_masks
+    )
+    return decode(model, encoder_outputs, code_masks=code_masks, options=options)
+
+
+@torch.no_grad()
+def decode(
+    model, encoder_outputs, *, code_masks: torch.Tensor | None = None, options: DecodeOptions | None = None
+) -> GenerationOutput:
+    """Decode from precomputed encoder outputs (greedy when num_beams == 1, else beam search)."""
+    options = options or DecodeOptions()
+    if options.num_beams == 1:
+        return _greedy(model, encoder_outputs, code_masks, options)
+    return _beam_search(model, encoder_outputs, code_masks, options)
+
+
+def _greedy(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
+    config = model.config
+    batch = encoder_outputs.last_hidden_state.shape[0]
+    device = encoder_outputs.last_hidden_state.device
+    decoder = _Decoder(model, encoder_outputs, code_masks, batch=batch, max_len=options.max_new_tokens)
+    constraints = _Constraints(options, config, model.lm_head.out_features, device)
+    tokens = torch.full((batch, 1), config.decoder_start_token_id, device=device)
+    out = torch.full((batch, options.max_new_tokens), config.pad_token_id, device=device)
+    scores = torch.zeros(batch, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows: list[list[int]] = [[] for _ in range(batch)]
+    for step in range(options.max_new_tokens):
+        logprobs = decoder.step(tokens) + constraints(step, rows)  # (B, V)
+        best, next_tokens = logprobs.max(dim=-1)
+        next_tokens = next_tokens.masked_fill(done, config.pad_token_id)
+        scores += best.masked_fill(done, 0.0)
+        out[:, step] = next_tokens
+        done |= next_tokens.eq(config.eos_token_id)
+        if options.trie is not None or options.no_repeat_ngram_size > 0:
+            for i, t in enumerate(next_tokens.tolist()):
+                rows[i].append(t)
+        if bool(done.all()):
+            out = out[:, : step + 1]
+            break
+        tokens = next_tokens[:, None]
+    return GenerationOutput(sequences=out, scores=scores)
+
+
+def _beam_search(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
+    config = model.config
+    beams = options.num_beams
+    batch = encoder_outputs.last_hidden_state.shape[0]
+    device = encoder_outputs.last_hidden_state.device
+    rows_n = batch * beams
+    expanded = _expand_encoder_outputs(encoder_outputs, beams)
+    beam_code_masks = code_masks.repeat_interleave(beams) if code_masks is not None else None
+    decoder = _Decoder(model, expanded, beam_code_masks, batch=rows_n, max_len=options.max_new_tokens)
+    constraints = _Constraints(options, config, model.lm_head.out_features, device)
+    vocab = model.lm_head.out_features
+
+    beam_scores = torch.zeros(batch, beams, device=device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first one at step 0
+    beam_scores = beam_scores.view(-1)
+    tokens = torch.full((rows_n, 1), config.decoder_start_token_id, device=device)
+    history: list[list[int]] = [[] for _ in range(rows_n)]
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    done = [False] * batch
+
+    for step in range(options.max_new_tokens):
+        logprobs = decoder.step(tokens) + constraints(step, history)  # (N, V)
+        candidates = (logprobs + beam_scores[:, None]).view(batch, beams * vocab)
+        top_scores, top_ids = candidates.topk(2 * beams, dim=-1)  # (B, 2K)
+        top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
+        next_rows, next_tokens, next_scores = [], [], []
+        for b in range(batch):
+            kept = 0
+            for rank, (score, flat) in enumerate(zip(top_scores[b], top_ids[b])):
+                parent, token = b * beams + flat // vocab, flat % vocab
+                if done[b] or score == float("-inf"):
+                    break
+                if token == config.eos_token_id:
+                    if rank < beams:  # an eos outside the top K beams is not a better hypothesis
+                        length = step + 1
+                        finished[b].append(
+                            (score / length**options.length_penalty, [*history[parent], token])
+                        )
+                    continue
+                next_rows.append(parent)
+                next_tokens.append(token)
+                next_scores.append(score)
+                kept += 1
+                if kept == beams:
+                    break
+            while kept < beams:  # sample finished or out of candidates: pad with dead beams
+                next_rows.append(b * beams)
+                next_tokens.append(config.pad_token_id)
+                next_scores.append(float("-inf"))
+                kept += 1
+            finished[b].sort(key=lambda h: -h[0])
+            del finished[b][beams:]
+            if not done[b] and len(finished[b]) == beams:
+                best_alive = max(next_scores[-beams:])
+                # transformers' default (early_stopping=False): stop when no live beam can beat the worst kept one
+                done[b] = best_alive / (step + 1) ** options.length_penalty <= finished[b][-1][0]
+        if all(done):
+            break
+        rows_t = torch.tensor(next_rows, device=device)
+        decoder.cache.reorder(rows_t)
+        beam_scores = torch.tensor(next_scores, device=device)
+        tokens = torch.tensor(next_tokens, device=device)[:, None]
+        history = [[*history[r], t] for r, t in zip(next_rows, next_tokens)]
+
+    for b in range(batch):  # unfinished samples: their live beams count as hypotheses
+        if len(finished[b]) < beams:
+            for k in range(beams):
+                row = b * beams + k
+                score = float(beam_scores[row])
+                if score != float("-inf"):
+                    finished[b].append(
+                        (score / max(1, len(history[row])) ** options.length_penalty, history[row])
+                    )
+            finished[b].sort(key=lambda h: -h[0])
+    best = [finished[b][0] if finished[b] else (float("-inf"), []) for b in range(batch)]
+    width = max(1, max(len(h[1]) for h in best))
+    out = torch.full((batch, width), config.pad_token_id, device=device)
+    for b, (_, seq) in enumerate(best):
+        if seq:
+            out[b, : len(seq)] = torch.tensor(seq, device=device)
+    return GenerationOutput(sequences=out, scores=torch.tensor([h[0] for h in best], device=device))

@@ -1,0 +1,54 @@
+"""The run-config tree: one `RunConfig` with a section per component, each defined next to its package.
+
+    model:       biomedgpt.model.run_config.ModelConfig
+    data:        biomedgpt.data.config.DataConfig
+    train:       biomedgpt.train.config.TrainConfig
+    generation:  biomedgpt.model.run_config.GenerationConfig
+
+Built with `biomedgpt.config.load_config(RunConfig, files, overrides)`; see `biomedgpt config --keys`.
+Light on purpose: importing it never imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from biomedgpt.config import check
+from biomedgpt.data.config import DataConfig
+from biomedgpt.model.run_config import GenerationConfig, ModelConfig
+from biomedgpt.train.config import TrainConfig
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything one run needs: model, data, training and decoding settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Which model to build and from which weights."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Which shards to read and how to batch them."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimizer, schedule, precision and loop cadence."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """How outputs are decoded at validation, evaluation and serving time."""
+
+    def __post_init__(self) -> None:
+        # Checks that span sections; each section validates its own fields.
+        check(
+            self.data.max_prompt_tokens <= self.model.max_source_positions,
+            "data.max_prompt_tokens",
+            f"must be <= model.max_source_positions ({self.model.max_source_positions}), "
+            f"got {self.data.max_prompt_tokens}",
+        )
+        check(
+            self.data.max_target_tokens <= self.model.max_target_positions,
+            "data.max_target_tokens",
+            f"must be <= model.max_target_positions ({self.model.max_target_positions}), "
+            f"got {self.data.max_target_tokens}",
+        )
+        check(
+            self.generation.max_new_tokens <= self.model.max_target_positions,
+            "generation.max_new_tokens",
+            f"must be <= model.max_target_positions ({self.model.max_target_positions}), "
+            f"got {self.generation.max_new_tokens}",
+        )
