@@ -17,12 +17,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("biomedgpt.commands.quickstart", "build a tiny model and run generation end to end"),
     "config": ("biomedgpt.commands.config_cmd", "resolve -c YAML files and overrides; print the run config"),
     "tokenizer": ("biomedgpt.commands.tokenizer_cmd", "build or inspect the unified tokenizer"),
+    "shard": ("biomedgpt.commands.shard", "write webdataset shards from a JSONL manifest, a dataset layout or synthetic data"),
+    "data": ("biomedgpt.commands.data_cmd", "verify shards or print their statistics"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biomedgpt",
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, max_help_position=16, width=100),
         description="BiomedGPT: one encoder-decoder for biomedical captioning, VQA, reports and more.",
     )
     parser.add_argument("--version", action="store_true", help="print the package version and exit")

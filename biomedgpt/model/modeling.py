@@ -797,3 +797,18 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, start_token_id: 
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = start_token_id
     return shifted.masked_fill(shifted.eq(-100), pad_token_id)
+
+
+def _register_auto_classes() -> None:
+    """Make `AutoConfig`, `AutoModel`, `AutoModelForSeq2SeqLM` and `AutoTokenizer` know model_type 'biomedgpt'."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+    from biomedgpt.tokenization.unified import register_auto_tokenizer
+
+    AutoConfig.register("biomedgpt", BiomedGPTConfig, exist_ok=True)
+    AutoModel.register(BiomedGPTConfig, BiomedGPTModel, exist_ok=True)
+    AutoModelForSeq2SeqLM.register(BiomedGPTConfig, BiomedGPTForConditionalGeneration, exist_ok=True)
+    register_auto_tokenizer(BiomedGPTConfig)
+
+
+_register_auto_classes()
