@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("biomedgpt.commands.quickstart", "build a tiny model and run generation end to end"),
     "config": ("biomedgpt.commands.config_cmd", "resolve -c YAML files and overrides; print the run config"),
     "tokenizer": ("biomedgpt.commands.tokenizer_cmd", "build or inspect the unified tokenizer"),
-    "shard": ("biomedgpt.commands.shard", "write webdataset shards from a JSONL manifest, a dataset layout or synthetic data"),
+    "shard": (
+        "biomedgpt.commands.shard",
+        "write webdataset shards from a JSONL manifest, a dataset layout or synthetic data",
+    ),
     "data": ("biomedgpt.commands.data_cmd", "verify shards or print their statistics"),
 }
 
@@ -30,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
