@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from biomedgpt.data.converters import cli as converter_cli
+
 # --format NAME -> function(args) -> (DatasetSummary, skipped problems). Converters add one entry.
-FORMATS: dict[str, Callable[[argparse.Namespace], tuple[Any, list[Any]]]] = {}
+FORMATS: dict[str, Callable[[argparse.Namespace], tuple[Any, list[Any]]]] = {**converter_cli.FORMAT_HANDLERS}
 DEFAULTS: dict[str, Any] = {
     "format": "jsonl",
     "max_per_shard": 1000,
@@ -54,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, default=DEFAULTS["image_size"], help="image side of --synthetic samples"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    converter_cli.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -84,11 +84,9 @@ def test_manifest_errors_exit_2_with_every_line(tmp_path, capsys):
     assert main(["data", "verify", str(out)]) == 0
 
 
-def test_not_yet_available_sources_exit_2(tmp_path, capsys):
-    assert main(["shard", "--demo", "--out", str(tmp_path / "d")]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_a_format_with_a_missing_layout_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main(["shard", "--format", "vqa-rad", "--input", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "VQA_RAD Dataset Public.json" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

@@ -346,7 +346,7 @@ def test_dump_load_round_trip_is_equal(tmp_path):
 
 def test_dump_is_in_field_order_and_plain():
     data = to_dict(RunConfig())
-    assert list(data) == ["model", "data", "train", "generation"]
+    assert list(data) == ["model", "data", "train", "generation", "dist"]
     assert list(data["train"])[:3] == ["lr", "weight_decay", "betas"]
     assert data["train"]["betas"] == [0.9, 0.999]
     assert to_dict(Outer(where=Path("a/b")))["where"] == "a/b"
