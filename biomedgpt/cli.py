@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write webdataset shards from a JSONL manifest, a dataset layout or synthetic data",
     ),
     "data": ("biomedgpt.commands.data_cmd", "verify shards or print their statistics"),
+    "pretrain": ("biomedgpt.commands.pretrain", "multitask pretraining over shards (local or Ray Train)"),
+    "finetune": (
+        "biomedgpt.commands.finetune",
+        "fine-tune a checkpoint with a recipe from configs/finetune/",
+    ),
 }
 
 

@@ -4,6 +4,7 @@
     data:        biomedgpt.data.config.DataConfig
     train:       biomedgpt.train.config.TrainConfig
     generation:  biomedgpt.model.run_config.GenerationConfig
+    dist:        biomedgpt.train.config.DistConfig
 
 Built with `biomedgpt.config.load_config(RunConfig, files, overrides)`; see `biomedgpt config --keys`.
 Light on purpose: importing it never imports torch.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from biomedgpt.config import check
 from biomedgpt.data.config import DataConfig
 from biomedgpt.model.run_config import GenerationConfig, ModelConfig
-from biomedgpt.train.config import TrainConfig
+from biomedgpt.train.config import DistConfig, TrainConfig
 
 
 @dataclass(kw_only=True)
@@ -31,6 +32,8 @@ class RunConfig:
     """Optimizer, schedule, precision and loop cadence."""
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     """How outputs are decoded at validation, evaluation and serving time."""
+    dist: DistConfig = field(default_factory=DistConfig)
+    """Where training runs: in this process or on Ray workers, CPU or GPU."""
 
     def __post_init__(self) -> None:
         # Checks that span sections; each section validates its own fields.

@@ -85,3 +85,41 @@ class TrainConfig:
         check(self.val_every >= 0, "val_every", f"must be >= 0 (0: never), got {self.val_every}")
         check(self.ckpt_every >= 0, "ckpt_every", f"must be >= 0 (0: last only), got {self.ckpt_every}")
         check(self.output_dir != "", "output_dir", "must be a folder path, got ''")
+
+
+Launcher = Literal["local", "ray"]
+Strategy = Literal["ddp", "fsdp"]
+
+
+@dataclass(kw_only=True)
+class DistConfig:
+    """The `dist:` section: where and on how many workers training runs."""
+
+    launcher: Launcher = "local"
+    """local: Lightning's Trainer.fit in this process; ray: Ray Train's TorchTrainer, one process per worker."""
+    num_workers: int = 1
+    """Training processes (Ray workers); each gets one GPU when use_gpu is true."""
+    use_gpu: bool = False
+    """Train on GPUs (bf16 autocast is the usual companion: train.precision=bf16-mixed)."""
+    strategy: Strategy = "ddp"
+    """Data parallelism: ddp (replicated weights) or fsdp (sharded weights, for the large sizes)."""
+    cpus_per_worker: int = 1
+    """CPUs Ray reserves for each worker (its data loading runs there)."""
+    address: str | None = None
+    """Ray cluster address (ray://host:10001 or auto); null starts a local Ray instance."""
+    storage: str | None = None
+    """Where Ray Train keeps reported checkpoints: a local path or any fsspec URL (s3://, gs://); null: <output_dir>/ray."""
+    max_failures: int = 0
+    """Worker failures Ray Train recovers from by restarting from the last reported checkpoint; -1: unlimited."""
+
+    def __post_init__(self) -> None:
+        check(self.num_workers >= 1, "num_workers", f"must be >= 1, got {self.num_workers}")
+        check(self.cpus_per_worker >= 1, "cpus_per_worker", f"must be >= 1, got {self.cpus_per_worker}")
+        check(
+            self.max_failures >= -1, "max_failures", f"must be >= -1 (-1: unlimited), got {self.max_failures}"
+        )
+        check(
+            self.launcher == "ray" or self.num_workers == 1,
+            "num_workers",
+            f"the local launcher runs one process; use dist.launcher=ray for {self.num_workers} workers",
+        )

@@ -1,0 +1,143 @@
+"""Self-describing, atomically written checkpoint folders, and the Lightning callback that writes them.
+
+    <output_dir>/checkpoints/step-00000100/
+        model.safetensors, config.json, generation_config.json    the model (safetensors only)
+        tokenizer.json, tokenizer_config.json, preprocessor_config.json
+        run_config.yaml                                           the resolved run config
+        manifest.json                                             step, versions, sha256 of every file
+        trainer_state/lightning.ckpt                              optimizer, schedule, loop and EMA state
+    <output_dir>/checkpoints/latest                               name of the newest complete folder
+
+A folder is written under a hidden `.partial` name and renamed when complete; `latest` is replaced atomically
+after that. A kill at any moment leaves `latest` naming a complete folder. `biomedgpt.model.load_pretrained`
+reads any checkpoint folder alone; the trainer state is only read to resume, with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+LATEST = "latest"
+TRAINER_STATE = Path("trainer_state") / "lightning.ckpt"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from biomedgpt import __version__
+
+    return {
+        "biomedgpt": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pytorch_lightning": pl.__version__,
+    }
+
+
+def write_manifest(folder: Path, *, step: int, extra: dict | None = None) -> None:
+    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    manifest = {
+        "step": step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _versions(),
+        "files": files,
+        **(extra or {}),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Rename a complete `.partial` folder to its final name, then point `latest` at it (both atomic)."""
+    if final.exists():  # a re-run that reached the same step: the new folder replaces it
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(partial, final)
+    pointer = final.parent / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, final.parent / LATEST)
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint folder under `root` (a run's checkpoints/ folder), or None."""
+    root = Path(root)
+    pointer = root / LATEST
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    complete = sorted(p for p in root.glob("step-*") if (p / "manifest.json").is_file())
+    return complete[-1] if complete else None
+
+
+def clean_partials(root: Path) -> None:
+    """Remove folders left by a writer that was killed (they never had a final name)."""
+    for path in root.glob(".step-*.partial*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class SelfDescribingCheckpoint(pl.Callback):
+    """Writes a checkpoint folder every `every` optimizer steps (0: only at the end) and at the end of training."""
+
+    def __init__(self, root: str | Path, *, every: int, processor, run_config_yaml: str) -> None:
+        self.root = Path(root)
+        self.every = every
+        self.processor = processor
+        self.run_config_yaml = run_config_yaml
+        self._last_step = -1
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_partials(self.root)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every and step > 0 and step % self.every == 0 and step != self._last_step:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_step:
+            self.save(trainer, pl_module)
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
+        step = trainer.global_step
+        final = self.root / f"step-{step:08d}"
+        partial = self.root / f".{final.name}.partial"
+        # Every rank takes part (sharded strategies gather state); rank 0 writes the files.
+        trainer.save_checkpoint(
+            partial / TRAINER_STATE, weights_only=False
+        )  # full state: optimizer, loops, EMA
+        if trainer.is_global_zero:
+            model = pl_module.model
+            swapped = pl_module.ema is not None
+            if swapped:  # the published weights are the averaged ones; the trainer state keeps both
+                pl_module.ema.swap(model)
+            try:
+                model.save_pretrained(partial)
+            finally:
+                if swapped:
+                    pl_module.ema.swap(model)
+            self.processor.save_pretrained(partial)
+            (partial / "run_config.yaml").write_text(self.run_config_yaml)
+            write_manifest(partial, step=step, extra={"ema": swapped})
+            publish(partial, final)
+        trainer.strategy.barrier()
+        self._last_step = step
+        return final

@@ -1,0 +1,101 @@
+"""The LightningModule: BiomedGPT + label-smoothed cross-entropy on target tokens, AdamW, warmup/decay, EMA.
+
+Batches come from `biomedgpt.data.pipeline` collation: input_ids, attention_mask, patch_images, patch_masks,
+labels (-100 where ignored), optional code_masks, plus `tasks` (a list of task names) for per-task logging.
+Precision (bf16 autocast), gradient clipping and accumulation are Lightning's, set by the launcher.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from biomedgpt.train.config import TrainConfig
+from biomedgpt.train.optim import EMA, build_optimizer, build_scheduler
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "patch_images", "patch_masks", "code_masks")
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over target tokens (labels != -100), in fp32 whatever the autocast dtype."""
+    return F.cross_entropy(
+        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing
+    )
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) mean token loss of each sample (for per-task logging)."""
+    losses = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )  # (B, L)
+    counts = labels.ne(-100).sum(dim=1).clamp(min=1)
+    return losses.sum(dim=1) / counts
+
+
+class BiomedGPTModule(pl.LightningModule):
+    def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.train_cfg = train_cfg
+        self.ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
+        self._ema_swapped = False
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+        return self.model(**inputs, labels=batch["labels"]).logits  # (B, L, V)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = token_loss(logits, batch["labels"], label_smoothing=self.train_cfg.label_smoothing)
+        size = batch["labels"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log(
+            "train/target_tokens", batch["labels"].ne(-100).sum().float(), reduce_fx="sum", batch_size=size
+        )
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch)
+        labels = batch["labels"]
+        size = labels.shape[0]
+        self.log("val/loss", token_loss(logits, labels), prog_bar=True, batch_size=size, sync_dist=True)
+        mask = labels.ne(-100)
+        correct = (logits.argmax(-1).eq(labels) & mask).sum().float() / mask.sum().clamp(min=1)
+        self.log("val/token_acc", correct, batch_size=size, sync_dist=True)
+        by_task: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for task, value in zip(batch.get("tasks", []), per_sample_loss(logits, labels)):
+            by_task[task].append(value)
+        for task, values in by_task.items():
+            self.log(f"val/loss_{task}", torch.stack(values).mean(), batch_size=len(values), sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.train_cfg)
+        scheduler = build_scheduler(optimizer, self.train_cfg)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # EMA: update after each optimizer step; evaluate and save with the averaged weights.
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def on_validation_start(self) -> None:
+        if self.ema is not None and not self._ema_swapped:
+            self.ema.swap(self.model)
+            self._ema_swapped = True
+
+    def on_validation_end(self) -> None:
+        if self.ema is not None and self._ema_swapped:
+            self.ema.swap(self.model)
+            self._ema_swapped = False
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
