@@ -2,11 +2,13 @@
 
     biomedgpt shard --input manifest.jsonl --out DIR [--name NAME] [--skip-invalid] [--overwrite]
     biomedgpt shard --synthetic N --out DIR [--seed S]
+    biomedgpt shard --demo --out data_shards/demo [--demo-limit N] [--synthetic N]
 
 Converters for public dataset formats plug in as `--format NAME --input PATH` through the
-`FORMATS` table below (name -> function(args) -> (summary, skipped problems)); `--demo` will build
-the demo corpus. Both say "not available yet" (exit 2) until their code lands. Exit codes: 0 on
-success, 2 on invalid input (every bad manifest line is printed as `line N: field: message`).
+`FORMATS` table below (name -> function(args) -> (summary, skipped problems)); `--demo` builds
+the demo corpus from real registry data (biomedgpt.data.demo, data_shards/DEMO_DATA_CARD.md).
+Exit codes: 0 on success, 2 on invalid input (every bad manifest line is printed as
+`line N: field: message`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,23 @@ DEFAULTS: dict[str, Any] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
+    # One of --input, --synthetic, --demo is required (checked in run(): --demo may take --synthetic).
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, help="JSONL manifest (or, with --format, a dataset folder)")
-    source.add_argument("--synthetic", type=int, metavar="N", help="write N synthetic samples (all tasks)")
-    source.add_argument("--demo", action="store_true", help="build the demo corpus (not available yet)")
+    source.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="write N synthetic samples (all tasks); with --demo: mix them in",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="build the demo corpus from real registry data (DEMO_DATA_CARD.md)",
+    )
+    parser.add_argument(
+        "--demo-limit", type=int, metavar="N", help="with --demo: at most N samples per source"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder for the shards and manifest.json"
     )
@@ -64,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from biomedgpt.data.shards import ShardsExistError
 
     if args.demo:
-        return _not_available("--demo: the demo corpus builder is not available yet")
+        return _shard_demo(args)
+    if args.demo_limit is not None:
+        return _not_available("--demo-limit needs --demo")
+    if args.input is None and args.synthetic is None:
+        return _not_available("one of --input, --synthetic or --demo is required")
     if args.input is not None and args.format != "jsonl" and args.format not in FORMATS:
         known = ", ".join(["jsonl", *sorted(FORMATS)])
         return _not_available(
@@ -142,6 +161,46 @@ def _shard_synthetic(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         total=args.synthetic,
     )
+
+
+def _shard_demo(args: argparse.Namespace) -> int:
+    """`--demo`: the demo corpus from real registry data (biomedgpt.data.demo, DEMO_DATA_CARD.md)."""
+    import logging
+
+    from biomedgpt.data.demo.builder import build_demo
+    from biomedgpt.data.demo.common import DemoOptions
+    from biomedgpt.data.shards import ShardsExistError
+
+    if args.input is not None:
+        return _not_available("--demo builds from the registry cache; it takes no --input")
+    if args.max_per_shard < 1:
+        return _not_available("--max-per-shard must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        options = DemoOptions(limit=args.demo_limit, synthetic=args.synthetic or 0, seed=args.seed)
+        result = build_demo(
+            args.out,
+            options=options,
+            name=args.name or "demo",
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            max_samples_per_shard=args.max_per_shard,
+            command_line=command_line(args),
+        )
+    except ShardsExistError as err:
+        print(f"error: {err} (pass --overwrite to replace them)", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for name, report in result.reports.items():
+        if report.skip_reasons:
+            reasons = ", ".join(f"{n} {why}" for why, n in sorted(report.skip_reasons.items()))
+            print(f"{name}: {report.num_samples} samples; skipped {reasons}", file=sys.stderr)
+    for name in result.unavailable:
+        print(f"warning: source {name} unavailable (see {result.report_path})", file=sys.stderr)
+    print(f"{result.summary.one_line()} in {result.seconds:.0f} s; report: {result.report_path}")
+    return 0
 
 
 def _default_name(path: Path) -> str:

@@ -1,0 +1,78 @@
+"""Demo stardist source: count bins, the counting rule on a toy mask, and on the real instance mask: the
+count, the detection boxes and the answer all agree with the instances in the tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biomedgpt.data.demo import nuclei
+from biomedgpt.data.demo.common import DemoOptions, SourceReport, Tile, archive_member, cached_archive
+
+
+def test_count_bins():
+    answers = {n: nuclei.count_bin(n) for n in (0, 1, 5, 6, 10, 11, 20, 21, 50, 51, 400)}
+    assert answers == {0: "none", 1: "1 to 5", 5: "1 to 5", 6: "6 to 10", 10: "6 to 10", 11: "11 to 20",
+                       20: "11 to 20", 21: "21 to 50", 50: "21 to 50", 51: "more than 50",
+                       400: "more than 50"}  # fmt: skip
+
+
+def test_a_nucleus_counts_where_most_of_it_lies():
+    labels = np.zeros((8, 16), dtype=np.uint16)
+    labels[2:4, 2:5] = 1  # wholly in the left tile
+    labels[5:7, 6:10] = 2  # half in each tile: counts in both (>= 50 %)
+    labels[0:2, 7:12] = 3  # 1 column of 5 in the left tile: counts only on the right
+    left, right = Tile(0, 0, 8, "train"), Tile(8, 0, 8, "test")
+    assert nuclei.visible_instances(labels, left) == [(1, [2, 2, 5, 4]), (2, [6, 5, 8, 7])]
+    assert nuclei.visible_instances(labels, right) == [(2, [0, 5, 2, 7]), (3, [0, 0, 4, 2])]
+
+
+@pytest.fixture(scope="module")
+def built():
+    if cached_archive("stardist") is None:
+        pytest.skip("stardist 0.9.2 wheel is not in the registry cache (biomedgpt.data.registry.fetch)")
+    report = SourceReport(name="stardist")
+    labels = nuclei.read_tiff_or_jpeg(archive_member("stardist", nuclei.NUCLEI_MASK))
+    return list(nuclei.samples(DemoOptions(), report)), labels
+
+
+def _independent_count(labels: np.ndarray, x0: int, y0: int, size: int) -> int:
+    crop = labels[y0 : y0 + size, x0 : x0 + size]
+    count = 0
+    for label in np.unique(crop[crop != 0]):
+        if (crop == label).sum() * 2 >= (labels == label).sum():
+            count += 1
+    return count
+
+
+def test_counts_equal_the_instances_in_the_tile(built):
+    samples, labels = built
+    assert len(np.unique(labels[labels != 0])) == 125  # the real mask: 125 nuclei (labels up to 183)
+    tiles = {}
+    for sample in samples:
+        if sample.key.startswith("stardist-nuclei"):
+            tiles.setdefault(tuple(sample.extra["tile"]), {})[sample.task] = sample
+    assert len(tiles) == 32  # 128 px: 21 train (stride 64), 4 val, 4 test; 256 px: 3 train
+    for (x0, y0, size), group in tiles.items():
+        count = _independent_count(labels, x0, y0, size)
+        assert group["vqa"].extra["nuclei_count"] == count
+        assert len(group["detection"].fields["boxes"]) == count
+        assert group["vqa"].fields["answer"] == nuclei.count_bin(count)
+        crop = labels[y0 : y0 + size, x0 : x0 + size]
+        assert np.array_equal(group["segmentation"].mask, crop != 0)
+        for entry in group["detection"].fields["boxes"]:
+            bx0, by0, bx1, by1 = entry["box"]
+            assert crop[by0:by1, bx0:bx1].any()
+
+
+def test_tiles_are_split_by_position(built):
+    samples, _ = built
+    for sample in samples:
+        x0, _, size = sample.extra["tile"]
+        width = 512 if sample.key.startswith("stardist-nuclei") else 500
+        if sample.split == "test":
+            assert x0 >= width - 128
+        elif sample.split == "train":
+            assert x0 + size <= width - 256
+    he = [s for s in samples if s.key.startswith("stardist-he")]
+    assert {s.split for s in he} == {"train", "val", "test"} and he[0].image.shape == (128, 128, 3)
