@@ -5,6 +5,7 @@
     train:       biomedgpt.train.config.TrainConfig
     generation:  biomedgpt.model.run_config.GenerationConfig
     dist:        biomedgpt.train.config.DistConfig
+    eval:        biomedgpt.eval.config.EvalConfig
 
 Built with `biomedgpt.config.load_config(RunConfig, files, overrides)`; see `biomedgpt config --keys`.
 Light on purpose: importing it never imports torch.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from biomedgpt.config import check
 from biomedgpt.data.config import DataConfig
+from biomedgpt.eval.config import EvalConfig
 from biomedgpt.model.run_config import GenerationConfig, ModelConfig
 from biomedgpt.train.config import DistConfig, TrainConfig
 
@@ -34,6 +36,8 @@ class RunConfig:
     """How outputs are decoded at validation, evaluation and serving time."""
     dist: DistConfig = field(default_factory=DistConfig)
     """Where training runs: in this process or on Ray workers, CPU or GPU."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """What `biomedgpt eval` scores: checkpoint, held-out shards, prompt modes."""
 
     def __post_init__(self) -> None:
         # Checks that span sections; each section validates its own fields.

@@ -1,0 +1,726 @@
+"""The streaming pipeline (DESIGN.md section 4): webdataset shards -> task-formatted, collated batches.
+
+Per DataLoader worker and epoch, `StreamingDataset.__iter__` builds these webdataset stages:
+
+    shard list            brace patterns expanded; per-task lists trimmed with manifest.json when present
+    -> wds.shuffle        of the shard list, seeded by (seed, epoch): the SAME order on every rank and
+                          worker, so that the two splits below partition it
+    -> split_by_node      ALWAYS explicit, with the rank and world size resolved once when the dataset is
+                          built (arguments, else torch.distributed when initialized, else RANK/WORLD_SIZE,
+                          else a single process); wds' own default raises under multi-node
+    -> wds.split_by_worker
+    -> wds.tarfile_to_samples(handler=...)   unreadable members, missing files and truncated tars are
+                          logged, counted in `SkipCounter` and skipped: the epoch always finishes
+    -> json + task filter -> wds.shuffle buffer, seeded by (seed, epoch, rank, worker, task)
+    -> decode             `biomedgpt.data.schema.decode_sample`; failures logged, counted, skipped
+    -> weighted mix       of the per-task streams (below)
+    -> format             image -> normalized pixels at `image_size`; prompt from the task's templates;
+                          target ids ending with </s>
+    -> with_epoch(n)      `epoch_samples` per worker when set
+    -> wds.batched        `collate`: right-padded prompt and target ids, labels = -100 on padding,
+                          patch_masks False for text-only samples, code_masks for image-code targets
+
+Resampled mode (multi-node): each (rank, worker, task) draws shards with replacement from an rng
+seeded by (seed, epoch, rank, worker, task) instead of shuffling and splitting, and `epoch_samples`
+is required so that every rank yields exactly that many samples per worker.
+
+Mixing (`DataConfig.mixture`): one stream per task with weight > 0 (tasks not named are dropped),
+interleaved by a seeded weighted draw (webdataset's RandomMix, but seeded). Per-task streams keep
+the proportions exact whatever the shards hold; with per-task shards (one converter per dataset)
+each stream reads only its own shards, via the manifest. In resampled mode streams never end and the
+ratio holds throughout; in a single pass an exhausted stream drops out and the rest continue, so
+every sample is still seen once. An empty mixture reads the shards as they come (one stream).
+
+Randomness: prompt templates and text-infilling masks come from an rng seeded by (seed, epoch, key),
+so a sample gets the same prompt whatever the worker layout; evaluation uses (seed, key) only.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from biomedgpt.data.config import DataConfig
+from biomedgpt.data.schema import Sample, decode_sample
+from biomedgpt.tasks import TargetTooLongError, TaskUnavailableError, get_task
+from biomedgpt.tasks.base import layout_of
+
+log = logging.getLogger(__name__)
+
+SKIP_KINDS = ("tar", "sample", "format", "too_long", "unavailable")
+"""tar: unreadable member or truncated/missing tar; sample: a group that does not decode; format: a
+sample the task cannot format; too_long: a structured target over max_target_tokens; unavailable:
+the task's component (image VQ, mask codec) is not installed."""
+PROMPT_MODES = ("train", "fixed", "eval")
+_COUNTER_ROWS = 65  # row 0: the main process; rows 1..64: DataLoader workers (id % 64)
+# Per kind and process, every skip is logged at WARNING up to this many, then every 1000th; a missing
+# component makes every sample of its task fail the same way, so that kind is said once.
+_LOG_FIRST = {"unavailable": 1}
+_LOG_FIRST_DEFAULT = 20
+
+
+def _seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, the same in every process (unlike `hash` of a str)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class SkipCounter:
+    """Skipped items per kind, summed over the main process and its DataLoader workers.
+
+    Lives in shared memory (one row per process, so no lock is needed): counts made in worker
+    processes show up in the main process. A copy pickled outside process start-up (deepcopy, Ray)
+    gets its own counts.
+    """
+
+    def __init__(self) -> None:
+        self._counts = multiprocessing.RawArray("q", _COUNTER_ROWS * len(SKIP_KINDS))
+        self._logged: dict[str, int] = {}
+
+    def add(self, kind: str, message: str) -> None:
+        """Count one skip of `kind` and log it (the first ones of each kind, then every 1000th)."""
+        index = SKIP_KINDS.index(kind)
+        info = get_worker_info()
+        row = 0 if info is None else 1 + info.id % (_COUNTER_ROWS - 1)
+        self._counts[row * len(SKIP_KINDS) + index] += 1
+        seen = self._logged[kind] = self._logged.get(kind, 0) + 1
+        if seen <= _LOG_FIRST.get(kind, _LOG_FIRST_DEFAULT) or seen % 1000 == 0:
+            log.warning("skipped (%s, #%d in this process): %s", kind, seen, message)
+
+    def counts(self) -> dict[str, int]:
+        """{kind: count} over every process, all kinds listed."""
+        width = len(SKIP_KINDS)
+        values = list(self._counts)
+        return {
+            kind: sum(values[r * width + i] for r in range(_COUNTER_ROWS))
+            for i, kind in enumerate(SKIP_KINDS)
+        }
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts().values())
+
+    def __getstate__(self) -> dict[str, Any]:
+        if multiprocessing.context.get_spawning_popen() is not None:
+            return {"counts": self._counts}  # starting a worker: share the memory
+        return {"snapshot": list(self._counts)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._logged = {}
+        if "counts" in state:
+            self._counts = state["counts"]
+        else:
+            self._counts = multiprocessing.RawArray("q", state["snapshot"])
+
+
+class SkipHandler:
+    """A webdataset exception handler: log, count as `kind`, continue."""
+
+    def __init__(self, counter: SkipCounter, kind: str) -> None:
+        self.counter, self.kind = counter, kind
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.counter.add(self.kind, f"{type(exn).__name__}: {exn}")
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards, ranks
+
+
+def expand_shards(patterns: Iterable[str]) -> list[str]:
+    """Brace patterns (`d/x-train-{000000..000003}.tar`) -> shard list, order kept, duplicates dropped."""
+    import braceexpand
+
+    urls: dict[str, None] = {}
+    for pattern in patterns:
+        for url in braceexpand.braceexpand(pattern):
+            urls.setdefault(url, None)
+    return list(urls)
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): the arguments, else torch.distributed when initialized, else the
+    RANK/WORLD_SIZE environment variables, else (0, 1)."""
+    if (rank is None) != (world_size is None):
+        raise ValueError("give both rank and world_size, or neither")
+    if rank is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        else:
+            rank, world_size = 0, 1
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+    return rank, world_size
+
+
+def split_by_node(src: Iterable[Any], *, rank: int, world_size: int) -> Iterator[Any]:
+    """Every `world_size`-th shard starting at `rank` (wds.split_by_node with an explicit rank)."""
+    return islice(src, rank, None, world_size)
+
+
+def shards_with_task(urls: Sequence[str], task: str) -> list[str]:
+    """The shards that may hold samples of `task`: a local shard whose folder's manifest.json lists
+    it without that task is dropped; everything else (URLs, no manifest, unlisted) is kept."""
+    from biomedgpt.data.shards import read_manifest
+
+    tasks_by_dir: dict[Path, dict[str, dict[str, int]] | None] = {}
+    kept = []
+    for url in urls:
+        path = Path(url[len("file:") :] if url.startswith("file:") else url)
+        if "://" in url or not path.is_file():
+            kept.append(url)
+            continue
+        if path.parent not in tasks_by_dir:
+            try:
+                doc = read_manifest(path.parent)
+                tasks_by_dir[path.parent] = {s["file"]: s.get("tasks", {}) for s in doc["shards"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                tasks_by_dir[path.parent] = None
+        listed = tasks_by_dir[path.parent]
+        if listed is None or path.name not in listed or listed[path.name].get(task, 0) > 0:
+            kept.append(url)
+    return kept
+
+
+def _urls(urls: Sequence[str]) -> Iterator[dict[str, str]]:
+    return ({"url": url} for url in urls)
+
+
+def _resampled_urls(urls: Sequence[str], seed: int) -> Iterator[dict[str, str]]:
+    rng = random.Random(seed)
+    while True:
+        yield {"url": urls[rng.randrange(len(urls))]}
+
+
+def weighted_mix(
+    sources: Sequence[Iterator[Any]], weights: Sequence[float], *, rng: random.Random
+) -> Iterator[Any]:
+    """Draw the next item from a source picked with probability ∝ weight; exhausted sources drop out."""
+    sources, weights = list(sources), list(weights)
+    while sources:
+        i = rng.choices(range(len(sources)), weights=weights)[0]
+        try:
+            yield next(sources[i])
+        except StopIteration:
+            del sources[i], weights[i]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and formatting stages
+
+
+class ParseJson:
+    """Parse each group's json member once (decode_sample accepts the dict) and keep one task.
+
+    Also drops the mask member of tasks that do not use masks (grounding and detection samples carry
+    one in the synthetic data): decoding a png nobody reads is a third of the decode time there.
+    """
+
+    def __init__(self, counter: SkipCounter, task: str | None) -> None:
+        self.counter, self.task = counter, task
+
+    def __call__(self, groups: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        import json
+
+        for group in groups:
+            if "json" not in group:  # e.g. the tail of a truncated tar
+                members = sorted(k for k in group if not k.startswith("__"))
+                self.counter.add(
+                    "sample", f"{group.get('__key__')} in {group.get('__url__')}: no json member {members}"
+                )
+                continue
+            try:
+                group["json"] = doc = json.loads(group["json"])
+                task = doc["task"]
+                if doc.get("mask_member") and not get_task(task).uses_mask:
+                    group.pop(doc["mask_member"], None)
+                    doc["mask_member"] = None
+            except Exception as err:
+                self.counter.add(
+                    "sample", f"{group.get('__key__')} in {group.get('__url__')}: bad json: {err}"
+                )
+                continue
+            if self.task is None or task == self.task:
+                yield group
+
+
+class Decode:
+    """`decode_sample` on each group; a group that does not decode is logged, counted and skipped."""
+
+    def __init__(self, counter: SkipCounter) -> None:
+        self.counter = counter
+
+    def __call__(self, groups: Iterable[dict[str, Any]]) -> Iterator[Sample]:
+        for group in groups:
+            try:
+                yield decode_sample(group)
+            except Exception as err:
+                self.counter.add("sample", f"{group.get('__key__')} in {group.get('__url__')}: {err}")
+
+
+PIXEL_MEAN = np.float32(0.5)
+PIXEL_STD = np.float32(0.5)
+"""OFA's normalization: [0, 1] pixels -> (x - 0.5) / 0.5, i.e. [-1, 1] (BiomedGPTImageProcessor's default)."""
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8, converted as `to_rgb_uint8` does but without expanding gray to RGB."""
+    if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        return image
+    if image.dtype == np.uint16 and image.ndim == 2:
+        return (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    from biomedgpt.model.image_processing import to_rgb_uint8
+
+    return np.asarray(to_rgb_uint8(image))
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W[, 3]) -> (size, size[, 3]) with bicubic resampling, as the model's processor does.
+
+    Gray images are resized as one channel and expanded later: a third of the work of resizing RGB,
+    and the same values (the channels of gray-as-RGB are identical).
+    """
+    from PIL import Image
+
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def normalize_into(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """uint8 (S, S[, 3]) -> `out` (C, S, S) float32 in [-1, 1], written in place.
+
+    The same float32 operations in the same order as BiomedGPTImageProcessor (x / 255, - mean, / std),
+    so the values are bit-identical; done once, straight into the batch tensor. A gray image fills
+    every channel of `out` (C = 1 or 3); an RGB one needs C = 3.
+    """
+    planes = [image] if image.ndim == 2 else [image[..., c] for c in range(3)]
+    if len(planes) > out.shape[0]:
+        raise ValueError(f"an RGB image needs 3 output channels, got {out.shape[0]}")
+    for c, plane in enumerate(planes):
+        np.divide(plane, np.float32(255.0), out=out[c], dtype=np.float32)
+        np.subtract(out[c], PIXEL_MEAN, out=out[c])
+        np.divide(out[c], PIXEL_STD, out=out[c])
+    for c in range(len(planes), out.shape[0]):
+        out[c] = out[0]
+    return out
+
+
+def image_to_pixels(image: np.ndarray, size: int) -> np.ndarray:
+    """Any schema image -> (3, size, size) float32 in [-1, 1], as the model's processor makes it."""
+    out = np.empty((3, size, size), dtype=np.float32)
+    return normalize_into(resize_square(to_uint8(image), size), out)
+
+
+class Formatter:
+    """A decoded `Sample` -> the model's view of it: prompt ids, target ids, the image at the model's size."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        image_size: int,
+        max_prompt_tokens: int,
+        max_target_tokens: int,
+        prompt_mode: str,
+        training: bool,
+        seed: int,
+        counter: SkipCounter,
+    ) -> None:
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
+        self.tokenizer, self.image_size = tokenizer, image_size
+        self.max_prompt_tokens, self.max_target_tokens = max_prompt_tokens, max_target_tokens
+        self.prompt_mode, self.training, self.seed, self.counter = prompt_mode, training, seed, counter
+
+    def __call__(self, samples: Iterable[Sample], *, epoch: int = 0) -> Iterator[dict[str, Any]]:
+        for sample in samples:
+            try:
+                yield self.format(sample, epoch=epoch)
+            except TaskUnavailableError as err:
+                self.counter.add("unavailable", f"{sample.key}: {err}")
+            except TargetTooLongError as err:
+                self.counter.add("too_long", f"{sample.key}: {err}; raise data.max_target_tokens")
+            except (ValueError, KeyError, IndexError) as err:  # bad data; programming errors propagate
+                self.counter.add("format", f"{sample.key} ({sample.task}): {type(err).__name__}: {err}")
+
+    def format(self, sample: Sample, *, epoch: int = 0) -> dict[str, Any]:
+        task = get_task(sample.task)
+        rng = random.Random(f"{self.seed}/{epoch if self.training else 'eval'}/{sample.key}")
+        template = task.choose_template(self.prompt_mode, rng=rng, key=sample.key)
+        eos = layout_of(self.tokenizer).eos_id
+        input_ids = self.tokenizer.encode_prompt(task.build_prompt(sample, template=template, rng=rng))
+        if len(input_ids) > self.max_prompt_tokens:  # keep <s> ... </s>; cut the text
+            input_ids = [*input_ids[: self.max_prompt_tokens - 1], eos]
+        target_ids = task.build_target(
+            sample, self.tokenizer, image_size=self.image_size, max_tokens=self.max_target_tokens
+        )
+        if len(target_ids) > self.max_target_tokens:
+            raise TargetTooLongError(f"{len(target_ids)} target tokens > {self.max_target_tokens}")
+        image = None
+        if sample.image is not None and task.needs_image:
+            image = resize_square(to_uint8(sample.image), self.image_size)  # normalized in collate
+        orig_size = None if sample.image is None else (int(sample.image.shape[1]), int(sample.image.shape[0]))
+        return {
+            "key": sample.key,
+            "task": sample.task,
+            "input_ids": input_ids,
+            "target_ids": target_ids,
+            "loss_mask": None,  # None: every target token counts
+            "image": image,  # uint8 (S, S) or (S, S, 3), or None
+            "orig_size": orig_size,
+            "code_mask": task.constraint == "codes",
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Collation
+
+
+def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialized; in a DataLoader worker, in shared memory already (saves the copy on send)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(nbytes)  # as torch's default_collate does
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _pack_pixels(samples: Sequence[dict[str, Any]], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """patch_images (B, 3, S, S) float32 normalized (zeros without an image) and patch_masks (B,).
+
+    When no image of the batch is RGB (the usual case for medical images), the pixels are stored
+    once, (B, 1, S, S), and returned expanded to (B, 3, S, S) with a channel stride of 0: the same
+    values, a third of the memory to fill and to send from a worker. Such a view is read-only in
+    place: call `.contiguous()` before writing into it.
+    """
+    gray = all(s["image"] is None or s["image"].ndim == 2 for s in samples)
+    stored = _new_tensor((len(samples), 1 if gray else 3, image_size, image_size), torch.float32)
+    patch_masks = torch.zeros(len(samples), dtype=torch.bool)
+    images = stored.numpy()  # filled with numpy: no torch intra-op threads in a data worker
+    for i, sample in enumerate(samples):
+        if sample["image"] is None:
+            images[i] = 0.0
+        else:
+            normalize_into(sample["image"], images[i])
+            get_task(sample["task"]).transform_pixels(images[i])  # image infilling blanks the middle
+            patch_masks[i] = True
+    return stored.expand(-1, 3, -1, -1), patch_masks
+
+
+def collate(samples: Sequence[dict[str, Any]], *, pad_token_id: int, image_size: int) -> dict[str, Any]:
+    """Formatted samples -> a batch for `BiomedGPTForConditionalGeneration`.
+
+    input_ids/attention_mask (B, T) right-padded; patch_images (B, 3, S, S) float32 (zeros where a
+    sample has no image; see `_pack_pixels` for gray batches) and patch_masks (B,) False there;
+    labels (B, L) = target ids, -100 on padding and where a sample's loss_mask is False (the model
+    shifts them right for its inputs); code_masks (B,) True where the target is image codes; plus
+    keys, tasks and orig_sizes (lists).
+    """
+    count = len(samples)
+    prompt_len = max(len(s["input_ids"]) for s in samples)
+    target_len = max(len(s["target_ids"]) for s in samples)
+    input_ids = torch.full((count, prompt_len), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((count, prompt_len), dtype=torch.long)
+    labels = torch.full((count, target_len), -100, dtype=torch.long)
+    for i, sample in enumerate(samples):
+        ids, target = sample["input_ids"], sample["target_ids"]
+        input_ids[i, : len(ids)] = torch.as_tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        row = torch.as_tensor(target)
+        if sample.get("loss_mask") is not None:
+            row = row.masked_fill(~torch.as_tensor(sample["loss_mask"], dtype=torch.bool), -100)
+        labels[i, : len(target)] = row
+    patch_images, patch_masks = _pack_pixels(samples, image_size)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "patch_images": patch_images,
+        "patch_masks": patch_masks,
+        "labels": labels,
+        "code_masks": torch.tensor([bool(s["code_mask"]) for s in samples]),
+        "keys": [s["key"] for s in samples],
+        "tasks": [s["task"] for s in samples],
+        "orig_sizes": [s["orig_size"] for s in samples],
+    }
+
+
+class Collator:
+    """`collate` with its settings bound (picklable, for wds.batched and DataLoader workers)."""
+
+    def __init__(self, *, pad_token_id: int, image_size: int) -> None:
+        self.pad_token_id, self.image_size = pad_token_id, image_size
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate(samples, pad_token_id=self.pad_token_id, image_size=self.image_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+class StreamingDataset(IterableDataset):
+    """An IterableDataset over shards that builds the webdataset stages per worker and epoch.
+
+    Holds only picklable settings (the stages are built inside `__iter__`), so DataLoader workers
+    work with fork and spawn. `set_epoch(e)` before iterating reshuffles; iterating again in the
+    same process (num_workers=0, persistent workers) moves to the next epoch by itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        streams: list[tuple[str | None, list[str], float]],
+        formatter: Formatter,
+        collator: Collator | None,
+        batch_size: int,
+        training: bool,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle_buffer: int,
+        resampled: bool,
+        epoch_samples: int | None,
+    ) -> None:
+        super().__init__()
+        self.streams, self.formatter, self.collator = streams, formatter, collator
+        self.batch_size, self.training = batch_size, training
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.shuffle_buffer, self.resampled, self.epoch_samples = shuffle_buffer, resampled, epoch_samples
+        self.skips = formatter.counter
+        self._epoch, self._iterations = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch, self._iterations = epoch, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self._epoch + self._iterations
+        self._iterations += 1
+        worker, _ = _worker()
+        samples = wds.DataPipeline(
+            functools.partial(self._mixed, epoch, worker),
+            functools.partial(self.formatter, epoch=epoch),
+        )
+        if self.epoch_samples is not None:
+            samples = samples.with_epoch(self.epoch_samples)
+        if self.collator is None:
+            return iter(samples)
+        return iter(wds.DataPipeline(samples, wds.batched(self.batch_size, collation_fn=self.collator)))
+
+    def _mixed(self, epoch: int, worker: int) -> Iterator[Sample]:
+        buffer = self.shuffle_buffer // len(self.streams) if self.training else 0
+        sources = [iter(self._stream(task, urls, epoch, worker, buffer)) for task, urls, _ in self.streams]
+        if len(sources) == 1:
+            return sources[0]
+        rng = random.Random(_seed(self.seed, epoch, self.rank, worker, "mix"))
+        return weighted_mix(sources, [weight for _, _, weight in self.streams], rng=rng)
+
+    def _stream(self, task: str | None, urls: list[str], epoch: int, worker: int, buffer: int) -> Any:
+        skips = self.skips
+        if self.resampled:
+            shards: list[Any] = [
+                functools.partial(_resampled_urls, urls, _seed(self.seed, epoch, self.rank, worker, task))
+            ]
+        else:
+            shards = [functools.partial(_urls, urls)]
+            if self.training:
+                shards.append(wds.shuffle(len(urls), initial=len(urls), seed=_seed(self.seed, epoch, task)))
+            shards += [
+                functools.partial(split_by_node, rank=self.rank, world_size=self.world_size),
+                wds.split_by_worker,
+            ]
+        stages = [*shards, wds.tarfile_to_samples(handler=SkipHandler(skips, "tar")), ParseJson(skips, task)]
+        if buffer > 0:
+            stages.append(
+                wds.shuffle(buffer, initial=buffer, seed=_seed(self.seed, epoch, self.rank, worker, task))
+            )
+        stages.append(Decode(skips))
+        return wds.DataPipeline(*stages)
+
+
+class StreamingLoader(DataLoader):
+    """A DataLoader that tells its dataset the epoch at every `iter()` (0, 1, 2, ...)."""
+
+    def __init__(self, dataset: StreamingDataset, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._next_epoch = 0
+
+    @property
+    def skips(self) -> SkipCounter:
+        return self.dataset.skips
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = epoch
+
+    def __iter__(self) -> Any:
+        self.dataset.set_epoch(self._next_epoch)
+        self._next_epoch += 1
+        return super().__iter__()
+
+
+def _task_streams(cfg: DataConfig, urls: list[str]) -> list[tuple[str | None, list[str], float]]:
+    if not cfg.mixture:
+        return [(None, urls, 1.0)]
+    streams = []
+    for name, weight in cfg.mixture.items():
+        task = get_task(name)
+        if weight <= 0:
+            continue
+        task.check_available()
+        task_urls = shards_with_task(urls, name)
+        if task_urls:
+            streams.append((name, task_urls, float(weight)))
+        else:
+            log.warning("mixture task %s has weight %g but no shard holds it (manifest.json)", name, weight)
+    if not streams:
+        raise ValueError(f"no shard holds any task of data.mixture ({', '.join(cfg.mixture)})")
+    return streams
+
+
+def build_dataset(
+    cfg: DataConfig,
+    *,
+    split: str,
+    tokenizer: Any,
+    image_size: int,
+    training: bool,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shards: Sequence[str] | None = None,
+    prompt_mode: str | None = None,
+    batched: bool = True,
+) -> StreamingDataset:
+    """The streaming dataset of `split` ("train": cfg.shards, "val": cfg.val_shards; `shards` overrides).
+
+    Yields `collate`d batches of cfg.batch_size (single formatted samples when `batched=False`).
+    `training` turns on shard and sample shuffling, training templates and resampling;
+    `prompt_mode` is "train" (a random training paraphrase), "fixed" (BiomedGPT's prompt) or "eval"
+    (a held-out paraphrase); default: "train" when training, else "fixed".
+    """
+    if shards is None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val' (or pass shards=...), got {split!r}")
+        shards = cfg.shards if split == "train" else cfg.val_shards
+    urls = expand_shards(shards)
+    if not urls:
+        raise ValueError(
+            f"no shards for split {split!r}: set data.{'shards' if split == 'train' else 'val_shards'}"
+        )
+    rank, world_size = resolve_rank(rank, world_size)
+    resampled = cfg.resampled and training
+    if resampled and cfg.epoch_samples is None:
+        raise ValueError(
+            "data.resampled streams forever: set data.epoch_samples (samples per worker and epoch)"
+        )
+    if not resampled and len(urls) < world_size:
+        log.warning("%d shards for %d ranks: some ranks get no data", len(urls), world_size)
+    counter = SkipCounter()
+    formatter = Formatter(
+        tokenizer,
+        image_size=image_size,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_target_tokens=cfg.max_target_tokens,
+        prompt_mode=prompt_mode or ("train" if training else "fixed"),
+        training=training,
+        seed=cfg.seed,
+        counter=counter,
+    )
+    collator = Collator(pad_token_id=layout_of(tokenizer).pad_id, image_size=image_size) if batched else None
+    return StreamingDataset(
+        streams=_task_streams(cfg, urls),
+        formatter=formatter,
+        collator=collator,
+        batch_size=cfg.batch_size,
+        training=training,
+        rank=rank,
+        world_size=world_size,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        resampled=resampled,
+        epoch_samples=cfg.epoch_samples if training else None,
+    )
+
+
+def _unbatched(item: Any) -> Any:
+    return item  # batches are made in the pipeline (wds.batched); DataLoader only moves them
+
+
+def build_loader(
+    cfg: DataConfig,
+    *,
+    split: str,
+    tokenizer: Any,
+    image_size: int,
+    training: bool,
+    rank: int | None = None,
+    world_size: int | None = None,
+    shards: Sequence[str] | None = None,
+    prompt_mode: str | None = None,
+    num_workers: int | None = None,
+    **loader_kwargs: Any,
+) -> StreamingLoader:
+    """A DataLoader over `build_dataset(...)` with cfg.num_workers workers (override: `num_workers`).
+
+    Batching happens inside each worker (wds.batched + `collate`), so the loader runs with
+    batch_size=None; extra keyword arguments go to torch's DataLoader (pin_memory, ...).
+    """
+    dataset = build_dataset(
+        cfg,
+        split=split,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        training=training,
+        rank=rank,
+        world_size=world_size,
+        shards=shards,
+        prompt_mode=prompt_mode,
+    )
+    workers = cfg.num_workers if num_workers is None else num_workers
+    return StreamingLoader(
+        dataset, batch_size=None, num_workers=workers, collate_fn=_unbatched, **loader_kwargs
+    )
+
+
+__all__ = [
+    "PIXEL_MEAN",
+    "PIXEL_STD",
+    "PROMPT_MODES",
+    "SKIP_KINDS",
+    "Collator",
+    "Formatter",
+    "SkipCounter",
+    "StreamingDataset",
+    "StreamingLoader",
+    "build_dataset",
+    "build_loader",
+    "collate",
+    "expand_shards",
+    "image_to_pixels",
+    "normalize_into",
+    "resolve_rank",
+    "shards_with_task",
+    "split_by_node",
+    "weighted_mix",
+]

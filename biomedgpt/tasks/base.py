@@ -1,0 +1,245 @@
+"""`Task`: what every task file defines (DESIGN.md sections 1 and 2), and the helpers they share.
+
+A task turns a `Sample` (biomedgpt.data.schema) into "prompt in, tokens out":
+
+- `prompt`: BiomedGPT's own instruction, leading space included (OFA `encode_text(" ...")`), with
+  `{field}` slots filled by `prompt_fields`; `train_templates` are the paraphrases sampled during
+  training (the first one is always `prompt`), `eval_templates` are held out: never trained on, used
+  to measure how well the model follows unseen wording.
+- `build_target` -> decoder token ids, always ending with `</s>` (OFA: `target = tgt_item + eos`;
+  the decoder input is `<s> + tgt_item`, made by the model from the labels).
+- `constraint` ("text" | "bins" | "codes"): which vocabulary block decoding is restricted to
+  (biomedgpt.tokenization.ranges); `closed_set`: decode with a trie over the TRAIN answers.
+- `postprocess(ids, ...)` -> structured output (text, a box in original pixels, a mask, codes).
+
+Sizes are `(width, height)` everywhere, as in the sample schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import string
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from biomedgpt.model.constraints import AnswerTrie
+
+if TYPE_CHECKING:
+    from biomedgpt.data.schema import Sample
+
+CONSTRAINTS = ("text", "bins", "codes")
+
+
+class TaskUnavailableError(RuntimeError):
+    """A task needs a component (image VQ tokenizer, mask codec) that this install does not have."""
+
+
+class TargetTooLongError(ValueError):
+    """A structured target (boxes, codes, mask) does not fit `max_tokens` and cannot be cut."""
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{name}` slots of a template."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def clean_text(text: str) -> str:
+    """One line, single spaces, no surrounding blanks."""
+    return " ".join(str(text).split())
+
+
+def as_id_list(ids: Any) -> list[int]:
+    """A list, tuple, numpy array or torch tensor of ids (1-D) -> list of int."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return [int(t) for t in ids]
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def layout_of(tokenizer: Any) -> Any:
+    """`tokenizer.layout`, cached per tokenizer: the property re-verifies the whole vocabulary on every
+    access (about 0.5 ms), too slow for once per sample in the data pipeline."""
+    try:
+        return _LAYOUTS[tokenizer]
+    except (KeyError, TypeError):
+        layout = tokenizer.layout
+        with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
+            _LAYOUTS[tokenizer] = layout
+        return layout
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """BPE ids of `text` without specials (the backend tokenizer: no Python-side overhead)."""
+    return tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def text_target(tokenizer: Any, text: str, *, max_tokens: int | None = None) -> list[int]:
+    """OFA's text target: BPE(" " + text), cut to leave room for eos, then `</s>`."""
+    ids = encode_text(tokenizer, " " + clean_text(text))
+    if max_tokens is not None:
+        ids = ids[: max(max_tokens - 1, 0)]
+    return [*ids, layout_of(tokenizer).eos_id]
+
+
+def strip_output(ids: Any, layout: Any) -> list[int]:
+    """Generated ids -> the answer tokens: a leading `<s>` dropped, everything from `</s>` on cut, pads dropped."""
+    out = as_id_list(ids)
+    if out and out[0] == layout.bos_id:
+        out = out[1:]
+    if layout.eos_id in out:
+        out = out[: out.index(layout.eos_id)]
+    return [t for t in out if t != layout.pad_id]
+
+
+class Task:
+    """One task: prompts, target serialization, decoding constraint and postprocessing.
+
+    Subclasses set the class attributes and override `prompt_fields`, `build_target` and
+    `postprocess`; one instance per task lives in `biomedgpt.tasks.TASKS`.
+    """
+
+    name: ClassVar[str]
+    prompt: ClassVar[str]
+    """BiomedGPT's prompt (leading space), with `{field}` slots."""
+    train_templates: ClassVar[tuple[str, ...]]
+    """Instruction paraphrases sampled in training; the first is `prompt`."""
+    eval_templates: ClassVar[tuple[str, ...]]
+    """Held-out paraphrases, never used in training."""
+    constraint: ClassVar[str] = "text"
+    """Vocabulary block decoding is restricted to: "text", "bins" or "codes"."""
+    closed_set: ClassVar[bool] = False
+    """Decode with a trie over the answers seen in the TRAIN split."""
+    needs_image: ClassVar[bool] = True
+    uses_mask: ClassVar[bool] = False
+    """Whether targets read `Sample.mask` (the pipeline skips decoding masks otherwise)."""
+    metrics: ClassVar[tuple[str, ...]] = ()
+    """Names of the metrics this task is scored with (computed in biomedgpt.eval)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        slots = template_fields(cls.prompt)
+        if cls.train_templates[0] != cls.prompt:
+            raise TypeError(f"{cls.__name__}: train_templates[0] must be the BiomedGPT prompt")
+        for template in (*cls.train_templates, *cls.eval_templates):
+            if not template.startswith(" ") or template_fields(template) != slots:
+                raise TypeError(f"{cls.__name__}: template {template!r} needs a leading space and {slots}")
+
+    # --- availability ------------------------------------------------------------------------------
+    def check_available(self) -> None:
+        """Raise `TaskUnavailableError` if a component this task needs is missing."""
+
+    # --- prompts -----------------------------------------------------------------------------------
+    def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
+        """Values for the `{field}` slots of the templates (none by default)."""
+        return {}
+
+    def build_prompt(
+        self, sample: Sample, *, template: str | None = None, rng: random.Random | None = None
+    ) -> str:
+        """The encoder text: `template` (default: BiomedGPT's prompt) filled from `sample`."""
+        return (template if template is not None else self.prompt).format(
+            **self.prompt_fields(sample, rng=rng)
+        )
+
+    def choose_template(self, mode: str, *, rng: random.Random | None = None, key: str = "") -> str:
+        """ "fixed": BiomedGPT's prompt; "train": a random training paraphrase; "eval": a held-out
+        paraphrase picked by a stable hash of `key` (the same one for a sample on every run)."""
+        if mode == "fixed":
+            return self.prompt
+        if mode == "train":
+            return (rng or random).choice(self.train_templates)
+        if mode == "eval":
+            return self.eval_templates[_stable_hash(key) % len(self.eval_templates)]
+        raise ValueError(f"unknown prompt mode {mode!r}; expected 'fixed', 'train' or 'eval'")
+
+    # --- targets -----------------------------------------------------------------------------------
+    def build_target(
+        self,
+        sample: Sample,
+        tokenizer: Any,
+        *,
+        image_size: int | None = None,
+        max_tokens: int | None = None,
+    ) -> list[int]:
+        """Decoder target ids ending with `</s>`; `image_size` is the model's input side (segmentation
+        needs it); text targets are cut to `max_tokens`, structured ones raise `TargetTooLongError`."""
+        raise NotImplementedError
+
+    def allowed_token_mask(self, layout: Any) -> np.ndarray:
+        """(vocab_size,) bool: the ids decoding may emit for this task (its `constraint` block and `</s>`)."""
+        from biomedgpt.tokenization.ranges import allowed_token_mask
+
+        return allowed_token_mask(layout, self.constraint)
+
+    def transform_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Change the normalized (C, S, S) input pixels for this task (image infilling blanks the middle)."""
+        return pixels
+
+    # --- outputs -----------------------------------------------------------------------------------
+    def postprocess(
+        self,
+        ids: Any,
+        tokenizer: Any,
+        *,
+        image_size: int,
+        orig_size: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        """Generated ids -> structured output; `orig_size` is the input image's (width, height)."""
+        return {"text": tokenizer.decode_text(strip_output(ids, layout_of(tokenizer))).strip()}
+
+    # --- closed-set decoding -----------------------------------------------------------------------
+    def answer_text(self, sample: Sample) -> str | None:
+        """The answer string a closed-set trie is built from (None for open-ended tasks)."""
+        return None
+
+    def candidate_answers(self, samples: Iterable[Sample]) -> list[str]:
+        """Distinct answers of this task's TRAIN samples, in first-seen order.
+
+        Samples of other splits and tasks are ignored: a trie built from val/test answers would leak them.
+        """
+        seen: dict[str, None] = {}
+        for sample in samples:
+            if sample.split != "train" or sample.task != self.name:
+                continue
+            answer = self.answer_text(sample)
+            if answer:
+                seen.setdefault(answer, None)
+        return list(seen)
+
+    def answer_trie(self, answers: Sequence[str], tokenizer: Any) -> AnswerTrie:
+        """A prefix trie over the answers' target ids (each ending with `</s>`), for constrained decoding."""
+        if not self.closed_set:
+            raise ValueError(f"task {self.name} is open-ended; it has no answer trie")
+        return AnswerTrie(
+            (text_target(tokenizer, answer) for answer in answers), eos_token_id=layout_of(tokenizer).eos_id
+        )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}: {self.prompt!r} -> {self.constraint}>"
+
+
+def _stable_hash(text: str) -> int:
+    """A hash that is the same in every process (Python's `hash` of a str is salted per process)."""
+    import zlib
+
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def require_module(module: str, *, task: str, what: str) -> Any:
+    """Import `module` or raise `TaskUnavailableError` saying which task needs it for what."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or not module.startswith(err.name):
+            raise  # the module exists but one of its own imports is missing: a real error
+        raise TaskUnavailableError(
+            f"task {task} needs {module} ({what}), which this checkout does not have yet"
+        ) from err

@@ -1,0 +1,107 @@
+"""Segmentation: ` segment the {structure}.` -> the mask written in the unified vocabulary.
+
+BiomedGPT has no segmentation task, so the prompt is ours: ` segment the {structure}.`, shaped like
+OFA's other instructions (leading space, lower case, one sentence), with the structure name from the
+sample's `target` field ("lesion", "left lung", ...).
+
+How a mask becomes tokens is the job of `biomedgpt.tasks.segmentation_codec` (DESIGN.md 3.4 picks
+the representation), a separate module imported lazily through this interface:
+
+    encode_mask(mask: np.ndarray, *, image_size: int, layout: VocabLayout) -> list[int]
+        (H, W) bool/0-1 mask at the ORIGINAL image size -> token ids (bins and/or codes), WITHOUT `</s>`;
+        `image_size` is the model's square input side.
+    decode_mask(ids: list[int], *, image_size: int, layout: VocabLayout,
+                out_shape: tuple[int, int]) -> np.ndarray
+        token ids (no `<s>`/`</s>`/pads) -> (H, W) bool mask of `out_shape` = (height, width).
+    CONSTRAINT: str   optional, "bins" (polygons, box + codes) or "codes"; default "bins".
+
+Until that module exists the task raises `TaskUnavailableError` when used (never at import).
+Scored with Dice and IoU.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from biomedgpt.data.schema import Sample
+from biomedgpt.tasks.base import TargetTooLongError, Task, clean_text, layout_of, require_module, strip_output
+
+CODEC_MODULE = "biomedgpt.tasks.segmentation_codec"
+
+
+def load_codec() -> Any:
+    """The mask codec module, or `TaskUnavailableError`."""
+    return require_module(CODEC_MODULE, task="segmentation", what="encode_mask/decode_mask")
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    prompt = " segment the {structure}."
+    train_templates = (
+        prompt,
+        " produce a mask of the {structure}.",
+        " outline the {structure}.",
+        " delineate the {structure} in the image.",
+        " which pixels belong to the {structure}?",
+        " draw the contour of the {structure}.",
+        " give the segmentation of the {structure}.",
+    )
+    eval_templates = (
+        " mark the area covered by the {structure}.",
+        " show the boundary of the {structure}.",
+        " create a segmentation mask for the {structure}.",
+    )
+    metrics = ("dice", "iou")
+    uses_mask = True
+
+    @property
+    def constraint(self) -> str:  # type: ignore[override]
+        """The codec's `CONSTRAINT` ("bins" when the codec does not say or is not there yet)."""
+        try:
+            return str(getattr(load_codec(), "CONSTRAINT", "bins"))
+        except Exception:
+            return "bins"
+
+    def allowed_token_mask(self, layout: Any) -> np.ndarray:
+        """Bins, `</s>` and `<mask>`: the Florence-2-style codec separates polygons with `<mask>`."""
+        mask = super().allowed_token_mask(layout)
+        mask[layout.mask_id] = True
+        return mask
+
+    def check_available(self) -> None:
+        load_codec()
+
+    def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
+        return {"structure": clean_text(sample.fields["target"])}
+
+    def build_target(
+        self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None
+    ) -> list[int]:
+        if image_size is None:
+            raise ValueError("segmentation targets depend on the model's input size: pass image_size")
+        if sample.mask is None:
+            raise ValueError(f"segmentation sample {sample.key!r} has no mask")
+        layout = layout_of(tokenizer)
+        codec = load_codec()
+        ids = [*(int(t) for t in codec.encode_mask(sample.mask, image_size=image_size, layout=layout))]
+        ids.append(layout.eos_id)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise TargetTooLongError(f"the mask takes {len(ids)} tokens; max_tokens is {max_tokens}")
+        return ids
+
+    def postprocess(
+        self, ids: Any, tokenizer: Any, *, image_size: int, orig_size: tuple[int, int] | None = None
+    ) -> dict[str, Any]:
+        """{"mask": (height, width) bool array at the original image size}."""
+        width, height = orig_size or (image_size, image_size)
+        layout = layout_of(tokenizer)
+        mask = load_codec().decode_mask(
+            strip_output(ids, layout), image_size=image_size, layout=layout, out_shape=(height, width)
+        )
+        return {"mask": np.asarray(mask, dtype=bool)}
+
+
+TASK = SegmentationTask()

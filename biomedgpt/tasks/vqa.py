@@ -1,0 +1,54 @@
+"""Visual question answering: the question itself is the prompt (` {question}?`) -> the answer text.
+
+As in OFA/BiomedGPT's VQA dataset, the question is normalized to end with exactly one `?`
+(`question + '?' if not question.endswith('?')`; here repeated marks and spaces before them are
+folded too). Answers are decoded closed-set, with a trie over the answers of the TRAIN split
+(BiomedGPT's `ans2label` trie); the sample's `answer_type` (closed/open) splits the accuracy.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from biomedgpt.data.schema import Sample
+from biomedgpt.tasks.base import Task, clean_text, text_target
+
+
+def normalize_question(question: str) -> str:
+    """One line, exactly one trailing `?`: "is there a lesion ??" -> "is there a lesion?"."""
+    return clean_text(question).rstrip("? ") + "?"
+
+
+class VqaTask(Task):
+    name = "vqa"
+    prompt = " {question}"
+    train_templates = (
+        prompt,
+        " question: {question} answer:",
+        " answer the question about the image: {question}",
+        " {question} answer briefly.",
+        " looking at the image, {question}",
+        " based on the image, {question}",
+    )
+    eval_templates = (
+        " please answer: {question}",
+        " {question} respond in a few words.",
+        " given this medical image, {question}",
+    )
+    closed_set = True
+    metrics = ("accuracy", "accuracy_closed", "accuracy_open")
+
+    def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
+        return {"question": normalize_question(sample.fields["question"])}
+
+    def answer_text(self, sample: Sample) -> str | None:
+        return clean_text(sample.fields["answer"])
+
+    def build_target(
+        self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None
+    ) -> list[int]:
+        return text_target(tokenizer, self.answer_text(sample), max_tokens=max_tokens)
+
+
+TASK = VqaTask()
