@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "biomedgpt.commands.finetune",
         "fine-tune a checkpoint with a recipe from configs/finetune/",
     ),
+    "eval": ("biomedgpt.commands.eval_cmd", "score a checkpoint on held-out shards; writes report.json"),
 }
 
 

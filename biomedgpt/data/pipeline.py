@@ -147,14 +147,29 @@ class SkipHandler:
 # Shards, ranks
 
 
-def expand_shards(patterns: Iterable[str]) -> list[str]:
-    """Brace patterns (`d/x-train-{000000..000003}.tar`) -> shard list, order kept, duplicates dropped."""
+def expand_shards(patterns: Iterable[str], *, split: str | None = None) -> list[str]:
+    """Shard patterns -> shard list, order kept, duplicates dropped.
+
+    A pattern is a brace pattern (`d/x-train-{000000..000003}.tar`), a glob (`d/*-train-*.tar`), a URL, or a
+    folder written by `biomedgpt shard`, which stands for its `*-{split}-*.tar` files (all tars without a split).
+    """
+    import glob
+    import os
+
     import braceexpand
 
     urls: dict[str, None] = {}
     for pattern in patterns:
+        if os.path.isdir(pattern):
+            infix = f"-{split}-" if split else ""
+            for name in sorted(os.listdir(pattern)):
+                if name.endswith(".tar") and infix in name and not name.startswith("."):
+                    urls.setdefault(os.path.join(pattern, name), None)
+            continue
         for url in braceexpand.braceexpand(pattern):
-            urls.setdefault(url, None)
+            matches = sorted(glob.glob(url)) if glob.has_magic(url) and "://" not in url else [url]
+            for match in matches:
+                urls.setdefault(match, None)
     return list(urls)
 
 
@@ -623,7 +638,7 @@ def build_dataset(
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val' (or pass shards=...), got {split!r}")
         shards = cfg.shards if split == "train" else cfg.val_shards
-    urls = expand_shards(shards)
+    urls = expand_shards(shards, split=split if split in ("train", "val", "test") else None)
     if not urls:
         raise ValueError(
             f"no shards for split {split!r}: set data.{'shards' if split == 'train' else 'val_shards'}"
