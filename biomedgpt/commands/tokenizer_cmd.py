@@ -2,8 +2,10 @@
 
     biomedgpt tokenizer build-text [--out DIR] [--cache DIR] [--no-progress]
     biomedgpt tokenizer info [--dir DIR] [--json]
+    biomedgpt tokenizer train-image --shards DIR [--out DIR] [--steps N] [--image-size 128] [--codebook 8192] [--seed 0]
 
 Only `tokenizers` (a core dependency) is imported, and only inside `run`; transformers is never needed here.
+`train-image` imports torch (the `model` extra) inside its function.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dir", type=Path, default=None, help="asset folder (default: the packaged biomed-bpe-v1)"
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    image = sub.add_parser(
+        "train-image", help="train the image VQ tokenizer on shard images (tokenizers/image-vq-v1)"
+    )
+    image.add_argument("--shards", type=Path, required=True, help="folder of webdataset shards (train/test)")
+    image.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <repo>/tokenizers/image-vq-v1)"
+    )
+    image.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
+    image.add_argument("--image-size", type=int, default=128, help="native square resolution (default: 128)")
+    image.add_argument("--codebook", type=int, default=8192, help="number of codes (default: 8192)")
+    image.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    image.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    image.add_argument("--no-progress", action="store_true", help="no progress bar, log lines only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return _build_text(args)
     if args.action == "info":
         return _info(args)
+    if args.action == "train-image":
+        return _train_image(args)
     raise ValueError(f"unknown tokenizer action {args.action!r}")
 
 
@@ -56,6 +73,39 @@ def _build_text(args: argparse.Namespace) -> int:
     print(
         f"wrote {result.out_dir}: {sources['num_documents']:,} records, {sources['num_characters']:,} characters,"
         f" {sources['tokens_per_word_on_corpus']} tokens/word; tokenizer.json sha256 {result.tokenizer_sha256}"
+    )
+    return 0
+
+
+def _train_image(args: argparse.Namespace) -> int:
+    from biomedgpt.tokenization.image_vq import DEFAULT_IMAGE_TOKENIZER_NAME
+    from biomedgpt.tokenization.image_vq_train import TrainImageVQConfig, train_image_vq
+    from biomedgpt.tokenization.paths import repo_root
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    root = repo_root() or Path.cwd()
+    out_dir = args.out if args.out is not None else root / "tokenizers" / DEFAULT_IMAGE_TOKENIZER_NAME
+    out_option = f" --out {args.out}" if args.out is not None else ""
+    command = (  # every option spelled out, so the recorded command reproduces the run
+        f"biomedgpt tokenizer train-image --shards {args.shards}{out_option} --steps {args.steps}"
+        f" --image-size {args.image_size} --codebook {args.codebook} --seed {args.seed} --threads {args.threads}"
+    )
+    config = TrainImageVQConfig(
+        shards=args.shards,
+        out=out_dir,
+        steps=args.steps,
+        image_size=args.image_size,
+        codebook_size=args.codebook,
+        seed=args.seed,
+        threads=args.threads,
+        command=command,
+    )
+    result = train_image_vq(config, progress=not args.no_progress)
+    held = result["held_out"]
+    print(
+        f"wrote {out_dir}: held-out PSNR {held['psnr_mean']:.2f} dB on {held['num_images']} images,"
+        f" {held['codes_used']:,}/{args.codebook:,} codes used, {held['tokens_per_image']} tokens per image,"
+        f" {result['training']['seconds'] / 60:.1f} min"
     )
     return 0
 
