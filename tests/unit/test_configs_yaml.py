@@ -19,6 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG_GLOBS: dict[str, type] = {
     "*.yaml": RunConfig,
     "model/*.yaml": RunConfig,
+    "cluster/*.yaml": RunConfig,
+    "pretrain/*.yaml": RunConfig,
+    "finetune/*.yaml": RunConfig,
 }
 
 CONFIG_FILES = sorted(
