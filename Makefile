@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-## The main job on its embedded default: a tiny model, end to end (build, generate, save, reload).
+## The main job on its embedded default: demo corpus -> model chain -> train the demo model -> evaluate.
 demo: bootstrap
-	$(BIN)/biomedgpt quickstart -c configs/quickstart.yaml
+	@bash scripts/demo.sh
 
 ## The whole test suite (unit + integration; GPU tests skip without CUDA), after a lint check.
 test: bootstrap

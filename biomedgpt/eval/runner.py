@@ -103,6 +103,18 @@ def score(task: str, predictions: list, references: list, options: list[dict]) -
     return compute(task, predictions, references, **extra)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A model folder as is; a run folder or its checkpoints/ folder -> the checkpoint its `latest` file names."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        pointer = root / "latest"
+        if pointer.is_file() and (root / pointer.read_text().strip() / "config.json").is_file():
+            return root / pointer.read_text().strip()
+    raise FileNotFoundError(f"{path} is neither a model folder (config.json) nor a run with checkpoints/latest")
+
+
 class Evaluator:
     """Decodes and scores one checkpoint; `run()` returns the report dict."""
 
@@ -113,7 +125,8 @@ class Evaluator:
         if not checkpoint:
             raise ValueError("eval.checkpoint is not set: give a model or checkpoint folder")
         self.cfg = cfg
-        self.model, self.processor = load_pretrained(checkpoint, device=device)
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        self.model, self.processor = load_pretrained(self.checkpoint, device=device)
         self.tokenizer = self.processor.tokenizer
         self.layout = self.tokenizer.layout
         self.image_size = self.processor.image_processor.image_size
@@ -274,8 +287,9 @@ def _finite(scores: dict[str, float]) -> dict[str, float | None]:
 
 def evaluate(cfg: RunConfig, *, device: str = "cpu") -> dict[str, Any]:
     """Run the evaluation of cfg.eval and write report.json + predictions.jsonl; returns the report."""
-    report, predictions = Evaluator(cfg, device=device).run()
-    out_dir = Path(cfg.eval.output_dir or Path(cfg.eval.checkpoint) / "eval")
+    evaluator = Evaluator(cfg, device=device)
+    report, predictions = evaluator.run()
+    out_dir = Path(cfg.eval.output_dir or evaluator.checkpoint / "eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with (out_dir / "predictions.jsonl").open("w") as f:
