@@ -4,7 +4,7 @@
         model.safetensors, config.json, generation_config.json    the model (safetensors only)
         tokenizer.json, tokenizer_config.json, preprocessor_config.json
         run_config.yaml                                           the resolved run config
-        manifest.json                                             step, versions, sha256 of every file
+        manifest.json                                             step, data position, versions, sha256 of every file
         trainer_state/lightning.ckpt                              optimizer, schedule, loop and EMA state
     <output_dir>/checkpoints/latest                               name of the newest complete folder
 
@@ -87,9 +87,12 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def clean_partials(root: Path) -> None:
-    """Remove folders left by a writer that was killed (they never had a final name)."""
-    for path in root.glob(".step-*.partial*"):
+    """Remove what a writer killed mid-way leaves: folders that never got a final name, a replaced folder not yet
+    deleted (`publish`), a `latest` pointer not yet renamed."""
+    for path in [*root.glob(".step-*.partial*"), *root.glob(".step-*.old-*")]:
         shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(f".{LATEST}.tmp-*"):
+        path.unlink(missing_ok=True)
 
 
 class SelfDescribingCheckpoint(pl.Callback):
@@ -101,6 +104,8 @@ class SelfDescribingCheckpoint(pl.Callback):
         self.processor = processor
         self.run_config_yaml = run_config_yaml
         self._last_step = -1
+        self.last_saved: Path | None = None
+        """The folder of the newest `save` (on every rank; launchers report it, e.g. to Ray Train)."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -136,8 +141,14 @@ class SelfDescribingCheckpoint(pl.Callback):
                     pl_module.ema.swap(model)
             self.processor.save_pretrained(partial)
             (partial / "run_config.yaml").write_text(self.run_config_yaml)
-            write_manifest(partial, step=step, extra={"ema": swapped})
+            # Where the data stream stood: a resumed run starts its loader at this epoch and skips these batches.
+            position = {
+                "epoch": trainer.current_epoch,
+                "epoch_batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+            }
+            write_manifest(partial, step=step, extra={"ema": swapped, **position})
             publish(partial, final)
         trainer.strategy.barrier()
         self._last_step = step
+        self.last_saved = final
         return final

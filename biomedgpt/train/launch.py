@@ -1,10 +1,11 @@
 """One per-worker training function, two launchers: local (`Trainer.fit` here) and Ray Train (`TorchTrainer`).
 
 `train_worker(cfg)` builds everything a worker needs (tokenizer/processor, model, data loaders, Lightning Trainer)
-and runs `fit`. `launch_local` calls it in this process; `biomedgpt.train.ray_launch.launch_ray` runs it on Ray
+and runs `fit`. `launch` calls it in this process; `biomedgpt.train.ray_launch.launch_ray` runs it on Ray
 workers with Ray's DDP/FSDP strategy, environment and checkpoint reporting. Resume (`train.resume=true`) restores
 weights, optimizer, schedule, step and RNG from the newest complete checkpoint and fast-forwards the
-deterministic data stream by the batches already consumed, so the loss curve continues as if never stopped.
+deterministic data stream to the data position in its manifest (data epoch, batches consumed), so the loss curve
+continues as if never stopped; logs/metrics.csv keeps the rows logged before the checkpoint.
 """
 
 from __future__ import annotations
@@ -33,19 +34,41 @@ class WorkerHooks:
     world_size: int = 1
 
 
-class SkipFirst:
-    """Iterate a loader, skipping its first `skip` batches once (deterministic fast-forward on resume)."""
+class BatchStream:
+    """A data loader as the Trainer sees it: it starts at a data position (data epoch `epoch`, its first `skip`
+    batches skipped: the deterministic fast-forward on resume) and keeps torch's global RNG out of batch making.
 
-    def __init__(self, loader: Iterable, skip: int) -> None:
-        self.loader = loader
-        self.skip = skip
+    The RNG: with data.num_workers=0 batches are made in this process, and whatever the pipeline draws from torch's
+    global generator (e.g. a task that builds its image tokenizer model on first use) would shift the dropout masks
+    of a resumed run against an uninterrupted one. Lazy: Lightning calls `iter()` once on an iterable that is not
+    a DataLoader just to check it, and nothing may be read or counted then (a StreamingLoader moves to its next
+    epoch at every `iter()`). Fresh and resumed runs use it alike, so the Trainer treats both the same.
+    """
+
+    def __init__(self, loader: Iterable, *, epoch: int = 0, skip: int = 0) -> None:
+        self.loader, self.epoch, self.skip = loader, epoch, skip
+        self._first = True
 
     def __iter__(self) -> Iterator:
-        iterator = iter(self.loader)
-        for _ in range(self.skip):
-            next(iterator, None)
-        self.skip = 0
-        return iterator
+        return self._batches()
+
+    def _batches(self) -> Iterator:
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            if self._first and hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(self.epoch)
+            iterator = iter(self.loader)
+            skip, self.skip, self._first = self.skip, 0, False
+            for _ in range(skip):
+                if next(iterator, None) is None:
+                    return  # the checkpoint was written at the end of this epoch
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
 
 
 def build_model(cfg: RunConfig, processor):
@@ -117,10 +140,10 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
     resume = hooks.resume_from or (latest_checkpoint(ckpt_root) if cfg.train.resume else None)
     if cfg.train.resume and resume is None:
         log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", ckpt_root)
-    start_step = _checkpoint_step(resume) if resume else 0
     train_loader, val_loader = build_loaders(cfg, processor, rank=hooks.rank, world_size=hooks.world_size)
-    if start_step:
-        train_loader = SkipFirst(train_loader, start_step * cfg.train.accumulate)
+    start_step, epoch, skip = _data_position(resume, accumulate=cfg.train.accumulate) if resume else (0, 0, 0)
+    train_batches = BatchStream(train_loader, epoch=epoch, skip=skip)
+    val_batches = BatchStream(val_loader) if val_loader is not None else None
 
     callbacks = [
         SelfDescribingCheckpoint(
@@ -130,6 +153,9 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
         TorchRngState(),
         *hooks.callbacks,
     ]
+    csv_logger = CSVLogger(run_dir, name="logs", version="")
+    if resume and hooks.rank == 0:
+        _keep_logged_history(csv_logger, before_step=start_step)
     trainer = pl.Trainer(
         max_steps=cfg.train.max_steps,
         precision=cfg.train.precision,
@@ -145,7 +171,7 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
         limit_val_batches=None if val_loader is not None else 0,
         num_sanity_val_steps=0,
         logger=[
-            CSVLogger(run_dir, name="logs", version=""),
+            csv_logger,
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
         ],
         callbacks=callbacks,
@@ -159,18 +185,50 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
     ckpt_path = str(resume / TRAINER_STATE) if resume else None
     trainer.fit(
         module,
-        train_dataloaders=train_loader,
-        val_dataloaders=val_loader,
+        train_dataloaders=train_batches,
+        val_dataloaders=val_batches,
         ckpt_path=ckpt_path,
         weights_only=True,
     )
     return latest_checkpoint(ckpt_root)
 
 
-def _checkpoint_step(folder: Path) -> int:
+def _data_position(folder: Path, *, accumulate: int) -> tuple[int, int, int]:
+    """(step, data epoch, batches of that epoch already consumed) of a checkpoint folder's manifest."""
     import json
 
-    return int(json.loads((folder / "manifest.json").read_text())["step"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    step = int(manifest["step"])
+    # Manifests written before the data position was recorded: one epoch, `accumulate` batches per step.
+    return step, int(manifest.get("epoch", 0)), int(manifest.get("epoch_batches", step * accumulate))
+
+
+def _keep_logged_history(csv_logger, *, before_step: int) -> None:
+    """Carry the rows an earlier run logged before `before_step` into a resumed run's log.
+
+    Lightning's CSV writer deletes metrics.csv when it opens it; without this, logs/metrics.csv and curves.png of
+    a resumed run would start at the checkpoint.
+    """
+    import csv
+
+    path = Path(csv_logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    writer = csv_logger.experiment  # opening it deletes the old file
+    for row in rows:
+        step = int(float(row.get("step") or 0))
+        values = {k: _number(v) for k, v in row.items() if k != "step" and v not in ("", None)}
+        if step < before_step and values:
+            writer.log_metrics(values, step)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def launch(cfg: RunConfig) -> Path | None:

@@ -77,8 +77,10 @@ class BiomedGPTModule(pl.LightningModule):
         scheduler = build_scheduler(optimizer, self.train_cfg)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # EMA: update after each optimizer step; evaluate and save with the averaged weights.
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    # EMA: update right after each optimizer step (before any callback, so a checkpoint written at step k holds the
+    # average including step k); evaluate and publish with the averaged weights.
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.model)
 
