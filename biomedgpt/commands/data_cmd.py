@@ -9,7 +9,6 @@ stats: samples per split, task and modality, shards and bytes, read from the tar
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tarfile
@@ -17,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from biomedgpt.hashing import sha256_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +120,7 @@ def _verify_shard(
     if not path.is_file():
         report.failures.append(f"{name}: missing")
         return
-    size, digest = path.stat().st_size, _sha256(path)
+    size, digest = path.stat().st_size, sha256_file(path)
     if size != entry.get("bytes"):
         report.failures.append(f"{name}: {size} bytes, manifest says {entry.get('bytes')}")
     if digest != entry.get("sha256"):
@@ -157,14 +158,6 @@ def _split_and_task(members: dict[str, Any]) -> tuple[str, str]:
         return str(doc.get("split")), str(doc.get("task"))
     except (KeyError, ValueError, AttributeError):
         return "?", "?"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_stats(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

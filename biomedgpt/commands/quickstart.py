@@ -66,16 +66,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def decode_opts(kind: str, **extra) -> DecodeOptions:
-        gen = cfg.generation
-        return DecodeOptions(
-            max_new_tokens=gen.max_new_tokens,
-            min_new_tokens=gen.min_new_tokens,
-            num_beams=gen.num_beams,
-            length_penalty=gen.length_penalty,
-            no_repeat_ngram_size=gen.no_repeat_ngram_size,
-            allowed_tokens=torch.from_numpy(allowed_token_mask(layout, kind)),
-            **extra,
-        )
+        allowed = torch.from_numpy(allowed_token_mask(layout, kind))
+        return DecodeOptions.from_config(cfg.generation, allowed_tokens=allowed, **extra)
 
     text_kind = {"none": "any"}.get(cfg.generation.constraint, cfg.generation.constraint)
     batch = processor(text=[CAPTION_PROMPT] * len(images), images=images)

@@ -20,7 +20,6 @@ Layout: ``CACHE/NAME/<file>``, ``CACHE/NAME/provenance.json``, ``CACHE/NAME/extr
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -34,6 +33,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+from biomedgpt.hashing import sha256_file
 
 CACHE_ENV = "BIOMEDGPT_CACHE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -188,15 +189,6 @@ def get_source(name: str) -> RegistrySource:
         return SOURCES[name]
     except KeyError:
         raise RegistryError(f"unknown registry source {name!r}; known: {sorted(SOURCES)}") from None
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download_command(src: RegistrySource, dest: Path) -> list[str]:

@@ -112,7 +112,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         pointer = root / "latest"
         if pointer.is_file() and (root / pointer.read_text().strip() / "config.json").is_file():
             return root / pointer.read_text().strip()
-    raise FileNotFoundError(f"{path} is neither a model folder (config.json) nor a run with checkpoints/latest")
+    raise FileNotFoundError(
+        f"{path} is neither a model folder (config.json) nor a run with checkpoints/latest"
+    )
 
 
 class Evaluator:
@@ -177,13 +179,9 @@ class Evaluator:
 
         from biomedgpt.model.generation import DecodeOptions, generate
 
-        gen = self.cfg.generation
-        options = DecodeOptions(
-            max_new_tokens=gen.max_new_tokens,
+        options = DecodeOptions.from_config(
+            self.cfg.generation,
             min_new_tokens=0,
-            num_beams=gen.num_beams,
-            length_penalty=gen.length_penalty,
-            no_repeat_ngram_size=gen.no_repeat_ngram_size,
             allowed_tokens=torch.from_numpy(task.allowed_token_mask(self.layout)),
             trie=task.answer_trie(answers, self.tokenizer) if answers else None,
         )

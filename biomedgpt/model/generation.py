@@ -40,6 +40,21 @@ class DecodeOptions:
     trie: AnswerTrie | None = None
     """Closed-set answers: only sequences of the trie can be produced."""
 
+    @classmethod
+    def from_config(cls, generation, **overrides) -> DecodeOptions:
+        """From a run config's `generation:` section (`GenerationConfig`), with any field overridden."""
+        fields = {
+            name: getattr(generation, name)
+            for name in (
+                "max_new_tokens",
+                "min_new_tokens",
+                "num_beams",
+                "length_penalty",
+                "no_repeat_ngram_size",
+            )
+        }
+        return cls(**{**fields, **overrides})
+
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")

