@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from biomedgpt.data.collate import Collator
 from biomedgpt.data.config import DataConfig
-from biomedgpt.data.pipeline import Collator, Formatter, SkipCounter, build_loader
+from biomedgpt.data.pipeline import Formatter, SkipCounter, build_loader
 from biomedgpt.data.schema import RESERVED_KEYS, Sample
 
 IMAGE_TASKS = ("caption", "report", "vqa", "classification", "grounding", "detection")

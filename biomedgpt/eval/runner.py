@@ -164,7 +164,7 @@ class Evaluator:
                     baselines[name] = np.mean(masks, axis=0) >= 0.5
         return answers, baselines
 
-    def baseline_scores(self, name: str, samples: list, refs: list, opts: list, baseline: Any) -> dict:
+    def baseline_scores(self, name: str, refs: list, opts: list, baseline: Any) -> dict:
         """Scores of the trivial baselines on the same samples, for comparison with the model."""
         if name in ("vqa", "classification"):
             return {"majority_answer": baseline, **_finite(score(name, [baseline] * len(refs), refs, opts))}

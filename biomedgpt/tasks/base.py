@@ -17,6 +17,7 @@ Sizes are `(width, height)` everywhere, as in the sample schema.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import random
 import string
@@ -97,7 +98,7 @@ def strip_output(ids: Any, layout: Any) -> list[int]:
     return [t for t in out if t != layout.pad_id]
 
 
-class Task:
+class Task(abc.ABC):
     """One task: prompts, target serialization, decoding constraint and postprocessing.
 
     Subclasses set the class attributes and override `prompt_fields`, `build_target` and
@@ -133,6 +134,7 @@ class Task:
     # --- availability ------------------------------------------------------------------------------
     def check_available(self) -> None:
         """Raise `TaskUnavailableError` if a component this task needs is missing."""
+        return  # most tasks need nothing optional
 
     # --- prompts -----------------------------------------------------------------------------------
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
@@ -159,6 +161,7 @@ class Task:
         raise ValueError(f"unknown prompt mode {mode!r}; expected 'fixed', 'train' or 'eval'")
 
     # --- targets -----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def build_target(
         self,
         sample: Sample,
@@ -169,7 +172,6 @@ class Task:
     ) -> list[int]:
         """Decoder target ids ending with `</s>`; `image_size` is the model's input side (segmentation
         needs it); text targets are cut to `max_tokens`, structured ones raise `TargetTooLongError`."""
-        raise NotImplementedError
 
     def allowed_token_mask(self, layout: Any) -> np.ndarray:
         """(vocab_size,) bool: the ids decoding may emit for this task (its `constraint` block and `</s>`)."""

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from biomedgpt.data.collate import image_to_pixels, normalize_into
 from biomedgpt.data.config import DataConfig
 from biomedgpt.data.pipeline import (
     SkipCounter,
     build_dataset,
     build_loader,
-    image_to_pixels,
-    normalize_into,
     resolve_rank,
     weighted_mix,
 )
