@@ -256,9 +256,7 @@ class Evaluator:
             if name in answers:
                 report["tasks"][name]["answer_list_size"] = len(answers[name])
             if name in baselines:
-                report["tasks"][name]["baseline"] = self.baseline_scores(
-                    name, samples, refs, opts, baselines[name]
-                )
+                report["tasks"][name]["baseline"] = self.baseline_scores(name, refs, opts, baselines[name])
         report["seconds"] = round(time.perf_counter() - started, 2)
         return report, predictions
 
