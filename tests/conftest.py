@@ -50,3 +50,34 @@ def lively_model(
 @pytest.fixture(scope="session")
 def tiny_model():
     return lively_model("tiny")
+
+
+def write_served_model(directory, *, seed: int = 0):
+    """A model folder the serving engines load: a lively tiny model with the real tokenizer (32,768 ids), its
+    processor, `serving.json` and `answers.json` (closed-set answers, as `biomedgpt export` writes them)."""
+    import json
+    from pathlib import Path
+
+    from biomedgpt.model.image_processing import BiomedGPTImageProcessor, ImageProcessorConfig
+    from biomedgpt.model.processing import BiomedGPTProcessor
+    from biomedgpt.tokenization.unified import BiomedGPTTokenizer
+
+    directory = Path(directory)
+    model = lively_model("tiny", vocab_size=32768, image_size=64, seed=seed)
+    model.save_pretrained(directory)
+    BiomedGPTProcessor(
+        BiomedGPTTokenizer.load_default(), BiomedGPTImageProcessor(ImageProcessorConfig(image_size=64))
+    ).save_pretrained(directory)
+    (directory / "serving.json").write_text(
+        json.dumps({"model_id": "biomedgpt-test", "generation": {"max_new_tokens": 16}})
+    )
+    (directory / "answers.json").write_text(
+        json.dumps({"vqa": ["yes", "no", "left lung"], "classification": ["normal", "pneumonia", "effusion"]})
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(tmp_path_factory):
+    """A torch model folder for `biomedgpt serve --engine torch` and the engine tests."""
+    return write_served_model(tmp_path_factory.mktemp("served-model"))

@@ -2,6 +2,9 @@
 
 OFA (`models/ofa/unify_transformer.py`: make_token_bucket_position, make_image_bucket_position, and the decoder's
 image_position_idx buffer). Pure index arithmetic on small integer tables, cached per size.
+
+The caches hold numpy arrays and every call wraps them with `torch.from_numpy` (no copy): a cached torch tensor
+made while `torch.export` traces would be a fake tensor, and every later eager call would get it back.
 """
 
 from __future__ import annotations
@@ -9,12 +12,22 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 
-@lru_cache(maxsize=8)
 def token_bucket_positions(bucket_size: int, max_position: int) -> torch.Tensor:
     """(max_position, max_position) bucket ids for 1-D relative distances: exact within +-bucket/2, log beyond."""
+    return torch.from_numpy(_token_bucket_positions(bucket_size, max_position))
+
+
+def image_bucket_positions(bucket_size: int) -> torch.Tensor:
+    """(bucket^2 + 1, bucket^2 + 1) bucket ids for 2-D relative offsets; index 0 is a special 'cls' position."""
+    return torch.from_numpy(_image_bucket_positions(bucket_size))
+
+
+@lru_cache(maxsize=8)
+def _token_bucket_positions(bucket_size: int, max_position: int) -> np.ndarray:
     context = torch.arange(max_position)[:, None]
     memory = torch.arange(max_position)[None, :]
     relative = context - memory
@@ -23,12 +36,11 @@ def token_bucket_positions(bucket_size: int, max_position: int) -> torch.Tensor:
     abs_pos = torch.where((relative < mid) & (relative > -mid), mid - 1, relative.abs())
     log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
     bucket = torch.where(abs_pos <= mid, relative, log_pos.int() * sign).long()
-    return bucket + bucket_size - 1  # ids in [0, 2 * bucket_size - 2]
+    return (bucket + bucket_size - 1).numpy()  # ids in [0, 2 * bucket_size - 2]
 
 
 @lru_cache(maxsize=8)
-def image_bucket_positions(bucket_size: int) -> torch.Tensor:
-    """(bucket^2 + 1, bucket^2 + 1) bucket ids for 2-D relative offsets; index 0 is a special 'cls' position."""
+def _image_bucket_positions(bucket_size: int) -> np.ndarray:
     num_relative = (2 * bucket_size - 1) ** 2 + 3
     coords = torch.stack(torch.meshgrid(torch.arange(bucket_size), torch.arange(bucket_size), indexing="ij"))
     coords = coords.flatten(1)  # (2, bucket^2)
@@ -40,7 +52,7 @@ def image_bucket_positions(bucket_size: int) -> torch.Tensor:
     table[0, :] = num_relative - 3
     table[:, 0] = num_relative - 2
     table[0, 0] = num_relative - 1
-    return table
+    return table.numpy()
 
 
 def image_grid_positions(height: int, width: int, bucket_size: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 
 from biomedgpt.config import dump_yaml, from_dict, load_config, parse_yaml
 from biomedgpt.run_config import RunConfig
+from biomedgpt.serve.config import ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,6 +23,7 @@ CONFIG_GLOBS: dict[str, type] = {
     "cluster/*.yaml": RunConfig,
     "pretrain/*.yaml": RunConfig,
     "finetune/*.yaml": RunConfig,
+    "serve/*.yaml": ServeConfig,
 }
 
 CONFIG_FILES = sorted(
@@ -36,6 +38,7 @@ def _id(item: tuple[Path, type]) -> str:
 def test_the_globs_find_the_committed_configs():
     names = {_id(item) for item in CONFIG_FILES}
     assert {"configs/quickstart.yaml", "configs/model/tiny.yaml", "configs/model/base.yaml"} <= names
+    assert "configs/serve/default.yaml" in names
 
 
 @pytest.mark.parametrize("item", CONFIG_FILES, ids=_id)

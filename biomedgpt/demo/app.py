@@ -1,0 +1,212 @@
+"""The Gradio multitask demo (DESIGN.md section 6): one tab per served task, outputs drawn on the image.
+
+`build_demo(backend)` works over any `Backend` (an in-process engine or the HTTP API). Stable `elem_id`s
+(`{task}-image`, `{task}-field`, `{task}-submit`, `{task}-status` and one per output, listed in `OUTPUT_IDS`)
+let browser tests find the parts, and every task has an `api_name` equal to its name, so
+`gradio_client.Client(url).predict(handle_file(png), question, api_name="/vqa")` works. A refused request (a
+`RequestError`, an API 4xx) becomes a warning toast plus a message in the tab's status line, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from biomedgpt.demo.backends import Backend
+from biomedgpt.demo.drawing import draw_boxes, mask_area, overlay_mask
+from biomedgpt.demo.examples import Example, Examples
+from biomedgpt.serve.types import TASK_FIELDS, RequestError
+
+log = logging.getLogger(__name__)
+
+TITLES = {
+    "caption": "Caption",
+    "report": "Report",
+    "vqa": "VQA",
+    "classification": "Classification",
+    "segmentation": "Segmentation",
+    "grounding": "Grounding",
+    "detection": "Detection",
+}
+FIELD_LABELS = {"vqa": "Question", "grounding": "Phrase to find", "segmentation": "Structure to segment"}
+FIELD_PLACEHOLDERS = {"vqa": "what modality is this?", "grounding": "the lesion", "segmentation": "lesion"}
+# Output components per task, by elem_id suffix: `{task}-{suffix}`; the status line comes last in every tab.
+OUTPUT_IDS = {
+    "caption": ("text",),
+    "report": ("text",),
+    "vqa": ("answer", "score"),
+    "classification": ("label", "score"),
+    "segmentation": ("overlay", "area"),
+    "grounding": ("drawn", "box"),
+    "detection": ("drawn", "objects"),
+}
+NOTICE = "A research demo of a multitask model: not a medical device, not for diagnosis."
+
+
+def build_demo(backend: Backend, *, examples: Examples | None = None, examples_source: str = "") -> gr.Blocks:
+    """The demo app over `backend`; `examples` (from `load_examples`) fill each tab's example table."""
+    examples = examples or {}
+    with gr.Blocks(title="BiomedGPT demo", analytics_enabled=False) as demo:
+        source = f" Examples: {examples_source}." if examples_source else ""
+        gr.Markdown(
+            f"# BiomedGPT\nAnswers from {backend.describe()}.{source}\n\n*{NOTICE}*", elem_id="demo-header"
+        )
+        with gr.Tabs(elem_id="task-tabs"):
+            for task in backend.tasks:
+                with gr.Tab(TITLES.get(task, task), id=task, elem_id=f"tab-{task}"):
+                    _task_tab(task, backend, examples.get(task, []))
+    demo.queue(default_concurrency_limit=backend.concurrency)
+    return demo
+
+
+def _task_tab(task: str, backend: Backend, examples: list[Example]) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(
+                type="pil",
+                image_mode=None,
+                sources=["upload", "clipboard"],
+                label="Image",
+                elem_id=f"{task}-image",
+            )
+            inputs: list[gr.components.Component] = [image]
+            if task in TASK_FIELDS:
+                inputs.append(
+                    gr.Textbox(
+                        label=FIELD_LABELS[task],
+                        placeholder=FIELD_PLACEHOLDERS[task],
+                        lines=1,
+                        elem_id=f"{task}-field",
+                    )
+                )
+            submit = gr.Button("Run", variant="primary", elem_id=f"{task}-submit")
+        with gr.Column():
+            outputs = _output_components(task)
+            reference = gr.Textbox(
+                label="Example source and reference", interactive=False, elem_id=f"{task}-reference"
+            )
+            status = gr.Markdown(elem_id=f"{task}-status")
+    if examples:
+        rows = [[str(e.image), *([e.field] if task in TASK_FIELDS else []), e.note] for e in examples]
+        gr.Examples(rows, inputs=[*inputs, reference], label="Examples", elem_id=f"{task}-examples")
+    # The reference belongs to the example, not to a new upload.
+    image.upload(lambda: "", outputs=reference, api_visibility="private", queue=False)
+    submit.click(
+        _handler(task, backend),
+        inputs=inputs,
+        outputs=[*outputs, status],
+        api_name=task,
+        concurrency_id="model",  # one limit across all tabs: they share one model
+        concurrency_limit=backend.concurrency,
+    )
+
+
+def _output_components(task: str) -> list[gr.components.Component]:
+    def eid(suffix: str) -> str:
+        return f"{task}-{suffix}"
+
+    if task in ("caption", "report"):
+        return [gr.Textbox(label="Generated text", lines=4, interactive=False, elem_id=eid("text"))]
+    if task in ("vqa", "classification"):
+        name = "Answer" if task == "vqa" else "Label"
+        return [
+            gr.Textbox(label=name, interactive=False, elem_id=eid(OUTPUT_IDS[task][0])),
+            gr.Number(
+                label="Probability (greedy, constrained to the answer list)",
+                interactive=False,
+                elem_id=eid("score"),
+            ),
+        ]
+    if task == "segmentation":
+        return [
+            gr.Image(
+                label="Mask overlay", type="pil", format="png", interactive=False, elem_id=eid("overlay")
+            ),
+            gr.Textbox(label="Mask area", interactive=False, elem_id=eid("area")),
+        ]
+    if task == "grounding":
+        return [
+            gr.Image(label="Region", type="pil", format="png", interactive=False, elem_id=eid("drawn")),
+            gr.Textbox(label="Box [x0, y0, x1, y1] in input pixels", interactive=False, elem_id=eid("box")),
+        ]
+    if task == "detection":
+        return [
+            gr.Image(label="Objects", type="pil", format="png", interactive=False, elem_id=eid("drawn")),
+            gr.JSON(label="Objects (boxes in input pixels)", elem_id=eid("objects")),
+        ]
+    raise ValueError(f"the demo has no tab for task {task!r}")
+
+
+def _handler(task: str, backend: Backend) -> Callable[..., tuple]:
+    """The click handler of a task, with the parameters its inputs give (gradio matches them by position)."""
+
+    def run(image: Image.Image | None, field: str | None) -> tuple:
+        empty = (None,) * len(OUTPUT_IDS[task])
+        if image is None:
+            return _refuse(empty, "Upload an image first (or click an example).")
+        if task in TASK_FIELDS and not (field or "").strip():
+            return _refuse(empty, f"Type a {FIELD_LABELS[task].lower()} first.")
+        from biomedgpt.model.image_processing import to_rgb_uint8
+
+        image = to_rgb_uint8(image)  # 16-bit PNGs too, scaled as the engine's processor does
+        fields = {TASK_FIELDS[task]: field.strip()} if task in TASK_FIELDS and field else {}
+        start = time.perf_counter()
+        try:
+            output = backend.run(task, image, fields)
+        except RequestError as err:
+            return _refuse(empty, f"The request was refused ({err.status}): {err.message}")
+        except Exception as err:  # the page must stay usable whatever the model or network does
+            log.exception("demo %s request failed", task)
+            return _refuse(empty, f"Something went wrong: {type(err).__name__}: {err}")
+        seconds = time.perf_counter() - start
+        return (*render(task, image, output), f"Done in {seconds:.2f} s.")
+
+    if task in TASK_FIELDS:
+        return run
+
+    def run_without_field(image: Image.Image | None) -> tuple:
+        return run(image, None)
+
+    return run_without_field
+
+
+def _refuse(empty: tuple, message: str) -> tuple:
+    gr.Warning(message)
+    return (*empty, f"**Error:** {message}")
+
+
+def render(task: str, image: Image.Image, output: dict[str, Any]) -> tuple:
+    """An engine output -> the values of the task's output components (`OUTPUT_IDS` order)."""
+    if task in ("caption", "report"):
+        return (output.get("text", ""),)
+    if task in ("vqa", "classification"):
+        key = "answer" if task == "vqa" else "label"
+        score = output.get("score")
+        return (output.get(key, output.get("text", "")), None if score is None else float(score))
+    if task == "segmentation":
+        mask = output.get("mask")
+        mask = (
+            np.zeros((image.height, image.width), dtype=bool)
+            if mask is None
+            else np.asarray(mask, dtype=bool)
+        )
+        return (overlay_mask(image, mask), mask_area(mask))
+    if task == "grounding":
+        box = output.get("box")
+        if box is None:
+            return (image, "no box (the model did not write four location tokens)")
+        return (draw_boxes(image, [(box, "")]), json.dumps([round(float(v), 1) for v in box]))
+    if task == "detection":
+        objects = [
+            {"box": [round(float(v), 1) for v in o["box"]], "label": o.get("label", "")}
+            for o in output.get("objects", [])
+        ]
+        return (draw_boxes(image, [(o["box"], o["label"]) for o in objects]), objects)
+    raise ValueError(f"the demo has no tab for task {task!r}")

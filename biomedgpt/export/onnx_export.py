@@ -1,0 +1,307 @@
+"""`biomedgpt export`: a checkpoint folder -> an export folder the ONNX Runtime engine serves.
+
+    encoder.onnx, decoder.onnx        the two graphs of `biomedgpt.export.graphs` (fp32)
+    encoder.int8.onnx, decoder.int8.onnx   with --int8: dynamic int8 quantization, kept only if the gate passes
+    config.json, tokenizer.json, tokenizer_config.json, preprocessor_config.json
+    serving.json                      model id, trained tasks, default decoding settings
+    answers.json                      closed-set answers per task, from the TRAIN split only
+    manifest.json                     graphs' inputs/outputs, opset, sha256 of every file, versions, parity, gate
+
+Exported with `torch.onnx.export(dynamo=True)` (the legacy exporter bakes sequence lengths into reshapes) with
+batch, text, image-grid, past and source axes dynamic; checked with `onnx.checker` (full check) and against
+PyTorch (`biomedgpt.export.parity`) before the folder is moved into place. The folder is written next to its
+destination and renamed at the end, so a failed export never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+GRAPHS = ("encoder", "decoder")
+COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+)
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    int8: bool = False
+    """Also write dynamically quantized int8 graphs, kept only when the gate passes."""
+    gate_shards: list[str] | None = None
+    """Held-out shards the int8 gate evaluates on (default: the checkpoint's data.val_shards)."""
+    gate_max_samples: int = 64
+    """Samples per task in the int8 gate."""
+    gate_max_drop: float = 0.01
+    """Largest drop of any metric (as a fraction: 0.01 = 1 point) int8 may show against fp32."""
+    parity_tolerance: float = 1e-4
+    overwrite: bool = False
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, options: ExportOptions | None = None
+) -> dict[str, Any]:
+    """Export, check and (optionally) quantize; returns the manifest written to `out_dir/manifest.json`."""
+    import torch
+
+    from biomedgpt.eval.runner import resolve_checkpoint
+    from biomedgpt.model.processing import load_pretrained
+
+    options = options or ExportOptions()
+    source = resolve_checkpoint(checkpoint)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not options.overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    model, _ = load_pretrained(source)
+    model = model.float().eval()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as tmp:
+        work = Path(tmp)
+        with torch.no_grad():
+            export_graphs(model, work)
+        check_graphs(work)
+        for name in COPIED_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, work / name)
+        run_cfg = _run_config(source)
+        (work / "serving.json").write_text(
+            json.dumps(serving_metadata(model, run_cfg, out_dir.name), indent=2) + "\n"
+        )
+        answers = (
+            json.loads((source / "answers.json").read_text()) if (source / "answers.json").is_file() else None
+        )
+        (work / "answers.json").write_text(
+            json.dumps(answers or closed_set_answers(run_cfg), indent=2) + "\n"
+        )
+        from biomedgpt.export.parity import check_parity
+
+        parity = check_parity(model, work, tolerance=options.parity_tolerance)
+        manifest = build_manifest(work, model=model, source=source, parity=parity)
+        if options.int8:
+            from biomedgpt.export.quantize import quantize_and_gate
+
+            manifest["int8"] = quantize_and_gate(work, run_cfg, options)
+        manifest["seconds"] = round(time.perf_counter() - started, 1)
+        _write_manifest(work, manifest)
+        manifest = json.loads((work / "manifest.json").read_text())  # JSON-native: what a reader of the file gets
+        _replace_dir(work, out_dir)
+    return manifest
+
+
+def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
+    """Write encoder.onnx and decoder.onnx for `model` (fp32, eval mode) into `directory`."""
+    import torch
+    from torch.export import Dim
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from biomedgpt.export.graphs import DecoderStepGraph, EncoderGraph, past_names, present_names
+
+    config = model.config
+    layers, heads = config.decoder_layers, config.decoder_attention_heads
+    head_dim = config.d_model // heads
+    size = config.image_size
+    batch = Dim("batch", min=1, max=1024)
+    text = Dim("text_len", min=2, max=config.max_source_positions)
+    grid_h, grid_w = Dim("grid_h", min=2, max=128), Dim("grid_w", min=2, max=128)
+    source = Dim("source_len", min=2, max=config.max_source_positions + 128 * 128)
+    past = Dim("past_len", min=0, max=config.max_target_positions)
+    step = Dim("step_len", min=1, max=config.max_target_positions)
+
+    input_ids = torch.full((2, 5), 4, dtype=torch.long)
+    attention_mask = torch.ones_like(input_ids)
+    pixels = torch.zeros(2, 3, size, size)
+    encoder = EncoderGraph(model).eval()
+    decoder = DecoderStepGraph(model).eval()
+    # SDPA's math kernel during tracing: its output strides are the ones the ONNX decomposition produces
+    # (the default kernel's strides make a later view fail to decompose).
+    with sdpa_kernel(SDPBackend.MATH):
+        torch.onnx.export(
+            encoder,
+            (input_ids, attention_mask, pixels),
+            str(directory / "encoder.onnx"),
+            dynamo=True,
+            input_names=["input_ids", "attention_mask", "patch_images"],
+            output_names=["encoder_attention_bias", "cross_position_keys", *present_names(layers, "encoder")],
+            dynamic_shapes={
+                "input_ids": {0: batch, 1: text},
+                "attention_mask": {0: batch, 1: text},
+                "patch_images": {0: batch, 2: 16 * grid_h, 3: 16 * grid_w},
+            },
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+        bias, position_keys, *cross = encoder(input_ids, attention_mask, pixels)
+        past_values = []
+        for i in range(layers):
+            past_values += [
+                torch.zeros(2, heads, 3, head_dim),
+                torch.zeros(2, heads, 3, head_dim),
+                cross[2 * i],
+                cross[2 * i + 1],
+            ]
+        names = past_names(layers)
+        torch.onnx.export(
+            decoder,
+            (input_ids[:, :1], bias, position_keys, *past_values),
+            str(directory / "decoder.onnx"),
+            dynamo=True,
+            input_names=["input_ids", "encoder_attention_bias", "cross_position_keys", *names],
+            output_names=["logits", *present_names(layers, "decoder")],
+            dynamic_shapes={
+                "input_ids": {0: batch, 1: step},
+                "encoder_attention_bias": {0: batch, 1: source},
+                "cross_position_keys": {2: source},
+                "past": tuple({0: batch, 2: past if ".decoder." in n else source} for n in names),
+            },
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def check_graphs(directory: Path, names: tuple[str, ...] = GRAPHS) -> None:
+    """onnx.checker's full check (type and shape inference included) of every graph in `directory`."""
+    import onnx
+
+    for name in names:
+        onnx.checker.check_model(str(directory / f"{name}.onnx"), full_check=True)
+
+
+def serving_metadata(model, run_cfg, model_id: str) -> dict[str, Any]:
+    """serving.json: what the server needs beyond the graphs."""
+    from biomedgpt.serve.types import SERVED_TASKS
+
+    generation: dict[str, Any] = {}
+    tasks: list[str] = list(SERVED_TASKS)
+    if run_cfg is not None:
+        gen = run_cfg.generation
+        generation = {
+            "max_new_tokens": gen.max_new_tokens,
+            "num_beams": gen.num_beams,
+            "length_penalty": gen.length_penalty,
+            "no_repeat_ngram_size": gen.no_repeat_ngram_size,
+        }
+        trained = [t for t, w in (run_cfg.data.mixture or {}).items() if w > 0]
+        if trained:
+            tasks = [t for t in SERVED_TASKS if t in trained]
+    return {
+        "model_id": model_id,
+        "arch": getattr(model.config, "arch", None),
+        "tasks": tasks,
+        "generation": generation,
+        "max_target_positions": model.config.max_target_positions,
+        "image_size": model.config.image_size,
+    }
+
+
+def closed_set_answers(run_cfg) -> dict[str, list[str]]:
+    """Answers of the closed-set tasks from the TRAIN split of the run's shards ({} when they are not here)."""
+    from biomedgpt.eval.runner import iter_samples, resolve_shards
+    from biomedgpt.tasks import get_task
+
+    if run_cfg is None or not run_cfg.data.shards:
+        return {}
+    try:
+        shards = resolve_shards(run_cfg.data.shards, split="train")
+    except FileNotFoundError as err:
+        log.warning("no answer lists: the training shards are not here (%s)", err)
+        return {}
+    closed = [t for t in ("vqa", "classification") if get_task(t).closed_set]
+    samples = list(iter_samples(shards, split="train", tasks=set(closed)))
+    return {name: answers for name in closed if (answers := get_task(name).candidate_answers(samples))}
+
+
+def build_manifest(directory: Path, *, model, source: Path, parity: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    from biomedgpt import __version__
+    from biomedgpt.hashing import sha256_file
+
+    graphs = {}
+    for name in GRAPHS:
+        proto = onnx.load(str(directory / f"{name}.onnx"), load_external_data=False)
+        graphs[name] = {
+            "file": f"{name}.onnx",
+            "inputs": [_value_info(v) for v in proto.graph.input],
+            "outputs": [_value_info(v) for v in proto.graph.output],
+            "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        }
+    return {
+        "format": "biomedgpt-onnx-v1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_checkpoint": str(source),
+        "versions": {
+            "biomedgpt": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "config": model.config.to_dict(),
+        "graphs": graphs,
+        "parity": parity,
+        "files": {
+            p.name: sha256_file(p)
+            for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != "manifest.json"
+        },
+    }
+
+
+def _value_info(value) -> dict[str, Any]:
+    import onnx
+
+    tensor = value.type.tensor_type
+    shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+    return {
+        "name": value.name,
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+        "shape": shape,
+    }
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    from biomedgpt.hashing import sha256_file
+
+    manifest["files"] = {
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != "manifest.json"
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _run_config(source: Path):
+    from biomedgpt.config import load_config
+    from biomedgpt.run_config import RunConfig
+
+    path = source / "run_config.yaml"
+    return load_config(RunConfig, [path]) if path.is_file() else None
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is swapped out first and removed only after the move."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{int(time.time())}")
+        target.rename(backup)
+    new.rename(target)
+    new.mkdir()  # TemporaryDirectory removes its path at exit: give it an empty one
+    if backup is not None:
+        shutil.rmtree(backup)

@@ -1,0 +1,316 @@
+"""The HTTP API (DESIGN 6): task endpoints, an OpenAI-compatible chat endpoint, probes and metrics.
+
+    GET  /health                 live: the process answers (never needs the model)
+    GET  /ready                  200 once the model is loaded, 503 before (or when loading failed)
+    GET  /metrics                Prometheus text
+    GET  /v1/models[/{id}]       OpenAI model list: `<model_id>` and `<model_id>:<task>` per served task
+    POST /v1/tasks/{task}        JSON (base64 image) or multipart (image file part) -> structured output
+    POST /v1/chat/completions    OpenAI chat.completion with one data-URL image
+
+`create_app(engine, config)` takes a loaded engine (tests, the demo); `create_app_from_config(config)` loads
+it in a background thread, so the probes answer while a large model loads. Requests are validated and
+prepared in worker threads, then decoded through the dynamic batcher (`batching.py`). Every error is the
+JSON shape of `http_errors.py`; no client input yields a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from biomedgpt import __version__
+from biomedgpt.serve.batching import Batcher, BatchFailed, Outcome, QueueFull
+from biomedgpt.serve.config import ServeConfig
+from biomedgpt.serve.engine import Engine, Prepared
+from biomedgpt.serve.http_errors import APIError, install_error_handlers
+from biomedgpt.serve.images import decode_image
+from biomedgpt.serve.metrics import ServeMetrics
+from biomedgpt.serve.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from biomedgpt.serve.openai_compat import (
+    chat_completion,
+    chat_error_field,
+    model_card,
+    model_ids,
+    models_list,
+    plan_chat,
+)
+from biomedgpt.serve.payloads import render_output
+from biomedgpt.serve.schemas import ERROR_RESPONSES, ChatBody
+from biomedgpt.serve.task_body import TASK_OPENAPI, media_type, read_task_body
+from biomedgpt.serve.types import TASK_FIELDS, RequestError, TaskRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    """One answered request: its prepared form, its batch outcome and where the time went."""
+
+    prepared: Prepared
+    outcome: Outcome
+    timing_ms: dict[str, float]
+    eos_id: int
+
+    @property
+    def finished(self) -> bool:
+        """True when decoding stopped on eos rather than on the token budget."""
+        return self.outcome.result.tokens[-1:] == [self.eos_id]
+
+
+class ServerState:
+    """The engine (once loaded), the batcher and the metrics of one app."""
+
+    def __init__(self, engine: Engine | None, config: ServeConfig, metrics: ServeMetrics) -> None:
+        self.engine = engine
+        self.config = config
+        self.metrics = metrics
+        self.load_error: str | None = None
+        self.created = int(time.time())
+        self.batcher: Batcher[Prepared, Any] = Batcher(
+            self._run_batch,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            on_queue_size=metrics.queue_size.set,
+            on_batch=lambda size, seconds: metrics.observe_batch(size=size, seconds=seconds),
+        )
+        metrics.model_ready.set(1 if engine is not None else 0)
+
+    def _run_batch(self, items: list[Prepared]) -> list[Any]:
+        assert self.engine is not None
+        return self.engine.run(items)
+
+    async def load(self, loader: Callable[[], Engine]) -> None:
+        try:
+            engine = await asyncio.to_thread(loader)
+        except Exception as err:
+            log.exception("loading the model failed")
+            self.load_error = f"{type(err).__name__}: {err}"
+            return
+        self.engine = engine
+        self.metrics.model_ready.set(1)
+        log.info("model %s ready (%s engine)", engine.model_id, engine.name)
+
+    def require_engine(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.load_error is not None:
+            raise APIError(503, "the model failed to load; see the server log", code="model_load_failed")
+        raise APIError(503, "the model is still loading", code="model_loading", headers={"Retry-After": "5"})
+
+    async def serve(self, image: bytes, **request: Any) -> Served:
+        """Decode the image and prepare the request in a thread, then decode it in a batch."""
+        engine = self.require_engine()
+        started = time.perf_counter()
+        max_pixels = self.config.max_image_pixels
+
+        def prepare() -> Prepared:
+            return engine.prepare(TaskRequest(image=decode_image(image, max_pixels=max_pixels), **request))
+
+        prepared = await asyncio.to_thread(prepare)
+        prepared_at = time.perf_counter()
+        try:
+            outcome = await asyncio.wait_for(self.batcher.submit(prepared), self.config.request_timeout_s)
+        except QueueFull:
+            raise APIError(
+                503, "the server is busy; retry shortly", code="queue_full", headers={"Retry-After": "1"}
+            ) from None
+        except asyncio.TimeoutError:
+            raise APIError(504, f"no answer within {self.config.request_timeout_s} s") from None
+        except BatchFailed:
+            raise APIError(500, "inference failed; see the server log", code="inference_failed") from None
+        result = outcome.result
+        self.metrics.observe_tokens(
+            task=result.task, prompt=len(prepared.prompt_ids), generated=result.generated_tokens
+        )
+        timing = {
+            "prepare": (prepared_at - started) * 1000.0,
+            "queue": outcome.queue_ms,
+            "inference": outcome.inference_ms,
+            "total": (time.perf_counter() - started) * 1000.0,
+        }
+        return Served(
+            prepared, outcome, {k: round(v, 3) for k, v in timing.items()}, eos_id=engine.special_ids.eos
+        )
+
+
+def create_app(
+    engine: Engine | None, config: ServeConfig, *, loader: Callable[[], Engine] | None = None
+) -> FastAPI:
+    """The API over `engine`; with `engine=None`, `loader` runs in a background thread at startup."""
+    metrics = ServeMetrics()
+    state = ServerState(engine, config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await state.batcher.start()
+        loading = asyncio.create_task(state.load(loader)) if engine is None and loader is not None else None
+        try:
+            yield
+        finally:
+            if loading is not None and not loading.done():
+                loading.cancel()  # the loader thread itself cannot be stopped; its result is dropped
+            await state.batcher.stop()
+
+    app = FastAPI(
+        title="BiomedGPT API",
+        version=__version__,
+        description="Biomedical vision-language tasks and an OpenAI-compatible chat endpoint.",
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    install_error_handlers(app, metrics)
+    # Added innermost first: metrics see every response, the body limit applies after the key check.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    app.add_middleware(APIKeyMiddleware, api_key=config.api_key, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    _add_probe_routes(app, state)
+    _add_v1_routes(app, state)
+    return app
+
+
+def create_app_from_config(config: ServeConfig) -> FastAPI:
+    """The API with the engine named in `config`, loaded in the background (/ready turns 200 when done)."""
+    if config.model is None:
+        raise ValueError("no model: set `model` (biomedgpt serve --model DIR)")
+
+    def load() -> Engine:
+        from biomedgpt.serve.engine import load_engine
+
+        extra = {"num_threads": config.num_threads} if config.num_threads else {}
+        return load_engine(config.model, engine=config.engine, limits=config.engine_limits(), **extra)
+
+    return create_app(None, config, loader=load)
+
+
+def _add_probe_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/health", tags=["probes"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Never touches the model."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["probes"])
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the model is loaded, 503 while loading or after a failed load."""
+        if state.engine is not None:
+            engine = state.engine
+            return JSONResponse(
+                {
+                    "status": "ready",
+                    "model": engine.model_id,
+                    "engine": engine.name,
+                    "tasks": list(engine.tasks),
+                }
+            )
+        status = "failed" if state.load_error else "loading"
+        return JSONResponse({"status": status, "model": None}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.get("/metrics", tags=["probes"])
+    async def metrics() -> Response:
+        """Prometheus text exposition."""
+        state.metrics.queue_size.set(state.batcher.queue_size)
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+async def require_json(request: Request) -> None:
+    kind = media_type(request)
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise APIError(415, f"unsupported content type ({kind or 'no Content-Type'}); send application/json")
+
+
+def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/v1/models", tags=["openai"], responses=ERROR_RESPONSES)
+    async def list_models() -> dict[str, Any]:
+        """The served model ids: `<model_id>` (free instruction) and `<model_id>:<task>` per task."""
+        engine = state.require_engine()
+        return models_list(engine.model_id, engine.tasks, created=state.created)
+
+    @app.get("/v1/models/{model:path}", tags=["openai"], responses=ERROR_RESPONSES)
+    async def get_model(model: str) -> dict[str, Any]:
+        engine = state.require_engine()
+        if model not in model_ids(engine.model_id, engine.tasks):
+            raise APIError(
+                404, f"the model {model!r} is not served here", code="model_not_found", param="model"
+            )
+        return model_card(model, created=state.created)
+
+    @app.post("/v1/tasks/{task}", tags=["tasks"], openapi_extra=TASK_OPENAPI, responses=ERROR_RESPONSES)
+    async def run_task(task: str, request: Request) -> dict[str, Any]:
+        """Run one task on one image; masks come as base64 PNG and/or COCO RLE."""
+        engine = state.require_engine()
+        if task not in engine.tasks:
+            raise APIError(
+                404, f"unknown task {task!r}; this model serves: {', '.join(engine.tasks)}", param="task"
+            )
+        body, image = await read_task_body(request, max_part_bytes=state.config.max_body_bytes)
+        fields = {}
+        for name in sorted(set(TASK_FIELDS.values())):
+            value = getattr(body, name)
+            if value is not None and TASK_FIELDS.get(task) != name:
+                raise RequestError(f"task {task} takes no field {name!r}", field=name)
+            if value is not None:
+                fields[name] = value
+        served = await state.serve(
+            image,
+            task=task,
+            fields=fields,
+            instruction=body.prompt,
+            max_new_tokens=body.max_new_tokens,
+            num_beams=body.num_beams,
+            closed_set=body.closed_set,
+        )
+        result = served.outcome.result
+        return {
+            "task": task,
+            "model": engine.model_id,
+            "prompt": result.prompt,
+            "output": render_output(result.output, mask_format=body.mask_format),
+            "usage": {
+                "prompt_tokens": len(served.prepared.prompt_ids),
+                "completion_tokens": result.generated_tokens,
+            },
+            "timing_ms": served.timing_ms,
+        }
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        dependencies=[Depends(require_json)],
+        responses=ERROR_RESPONSES,
+    )
+    async def chat_completions(body: ChatBody) -> dict[str, Any]:
+        """OpenAI chat completions with one `image_url` data-URL part; see `openai_compat.py`."""
+        engine = state.require_engine()
+        plan = plan_chat(body, model_id=engine.model_id, tasks=engine.tasks)
+        try:
+            served = await state.serve(
+                plan.image,
+                task=plan.task,
+                fields=plan.fields,
+                instruction=plan.instruction,
+                max_new_tokens=plan.max_new_tokens,
+                num_beams=body.num_beams,
+                closed_set=body.closed_set,
+            )
+        except RequestError as err:
+            message = err.message.replace("max_new_tokens", plan.max_tokens_param)
+            raise RequestError(message, status=err.status, field=chat_error_field(err.field, plan)) from None
+        result = served.outcome.result
+        return chat_completion(
+            model=body.model,
+            task=result.task,
+            prompt=result.prompt,
+            output=render_output(result.output, mask_format=body.mask_format),
+            prompt_tokens=len(served.prepared.prompt_ids),
+            completion_tokens=result.generated_tokens,
+            finished=served.finished,
+            timing_ms=served.timing_ms,
+        )

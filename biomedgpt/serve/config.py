@@ -1,0 +1,192 @@
+"""`ServeConfig`: everything `biomedgpt serve` needs, from defaults, YAML, the environment and the command line.
+
+Precedence (later wins): field defaults < `-c` YAML files < `BIOMEDGPT_SERVE_<FIELD>` environment variables <
+`KEY=VALUE` overrides and flags. Environment variables let a container set any field without a config file
+(DESIGN 6; `serving/` and `k8s/` use them); the API key may also come from `BIOMEDGPT_API_KEY`. A bad value
+names the variable it came from. Light on purpose: no torch, no web code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from biomedgpt.config import (
+    ConfigError,
+    check,
+    from_dict,
+    load_yaml,
+    merge_dicts,
+    parse_override,
+    parse_yaml,
+    set_dotted,
+    to_dict,
+)
+
+ENV_PREFIX = "BIOMEDGPT_SERVE_"
+API_KEY_ENV = "BIOMEDGPT_API_KEY"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """The HTTP server: where it listens, which model it serves, and what one request may ask for."""
+
+    model: Path | None = None
+    """Model folder: an export folder (engine onnxruntime) or a checkpoint / model folder (engine torch)."""
+    engine: Literal["onnxruntime", "torch"] = "onnxruntime"
+    """Inference backend; ONNX Runtime needs no torch in the serving image."""
+    host: str = "127.0.0.1"
+    """Address to bind. Anything but loopback needs `api_key` (or `allow_no_key`)."""
+    port: int = 8000
+    """TCP port to bind."""
+    api_key: str | None = None
+    """Key every /v1 request must send (`Authorization: Bearer KEY` or `x-api-key`); null = open.
+    Prefer the environment (BIOMEDGPT_API_KEY) over a file or a flag: flags show up in `ps`."""
+    allow_no_key: bool = False
+    """Bind a non-loopback host without an API key (behind an authenticating proxy, say)."""
+    max_batch_size: int = 8
+    """Most requests decoded together in one engine call (dynamic batching)."""
+    max_wait_ms: float = 5.0
+    """How long the batcher waits after the first request of a batch for others to join it."""
+    max_queue: int = 256
+    """Requests waiting for the engine; beyond that the server answers 503 with Retry-After."""
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Largest request body (checked on Content-Length and while reading); larger answers 413."""
+    max_image_pixels: int = 40_000_000
+    """Images with more pixels answer 413 (checked on the header, before decoding)."""
+    max_prompt_tokens: int = 256
+    """Prompt tokens (with <s> and </s>); longer prompts answer 422."""
+    max_new_tokens: int = 1024
+    """Largest `max_new_tokens` / `max_tokens` a request may ask for; larger answers 422."""
+    max_beams: int = 8
+    """Largest `num_beams` a request may ask for."""
+    num_threads: int | None = None
+    """Intra-op threads of the engine (ONNX Runtime or torch); null = the backend's default."""
+    request_timeout_s: float = 60.0
+    """A request not answered within this time gets 504 (it is dropped from the queue if still waiting)."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """uvicorn's log level."""
+
+    def __post_init__(self) -> None:
+        check(bool(self.host.strip()), "host", "must not be empty")
+        check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
+        check(self.api_key is None or bool(self.api_key.strip()), "api_key", "must not be empty (use null)")
+        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("max_prompt_tokens", "max_new_tokens", "max_beams"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.max_wait_ms >= 0, "max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
+        check(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        check(
+            self.num_threads is None or self.num_threads >= 1,
+            "num_threads",
+            f"must be >= 1 or null, got {self.num_threads}",
+        )
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    def engine_limits(self) -> Any:
+        """The `EngineLimits` these settings imply."""
+        from biomedgpt.serve.engine import EngineLimits
+
+        return EngineLimits(
+            max_prompt_tokens=self.max_prompt_tokens,
+            max_new_tokens=self.max_new_tokens,
+            max_image_pixels=self.max_image_pixels,
+            max_beams=self.max_beams,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Plain data for logs and `--dump-config`, with the API key hidden."""
+        data = to_dict(self)
+        if data["api_key"] is not None:
+            data["api_key"] = "***"
+        return data
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def config_from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ServeConfig fields set in `environ` -> (values, {field: "VARIABLE=value" for error messages}).
+
+    Empty variables count as unset (the usual shell convention). String fields take the text as is (an API
+    key of digits stays a string); the others are read as YAML scalars (`8`, `0.5`, `true`, `null`).
+    """
+    hints = typing.get_type_hints(ServeConfig)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for field in dataclasses.fields(ServeConfig):
+        name = env_name(field.name)
+        raw = environ.get(name, "")
+        if field.name == "api_key":
+            name, raw = _api_key_from_env(environ)
+        if not raw.strip():
+            continue
+        if _takes_text(hints[field.name]):
+            values[field.name] = raw
+        else:
+            try:
+                values[field.name] = parse_yaml(raw, source=name)
+            except ConfigError as err:
+                raise ConfigError(f"{name}={raw!r}: {err.message}") from None
+        # Never echo a secret back in an error message.
+        sources[field.name] = name if field.name == "api_key" else f"{name}={raw!r}"
+    return values, sources
+
+
+def _api_key_from_env(environ: Mapping[str, str]) -> tuple[str, str]:
+    serve_key, plain_key = environ.get(env_name("api_key"), ""), environ.get(API_KEY_ENV, "")
+    if serve_key and plain_key and serve_key != plain_key:
+        raise ConfigError(f"{env_name('api_key')} and {API_KEY_ENV} are both set and differ; set one of them")
+    if serve_key:
+        return env_name("api_key"), serve_key
+    return API_KEY_ENV, plain_key
+
+
+def _takes_text(tp: Any) -> bool:
+    """True for `str`, `str | None` and `Path | None`: the environment's text is the value itself."""
+    args = typing.get_args(tp) or (tp,)
+    return any(a in (str, Path) for a in args)
+
+
+def load_serve_config(
+    files: Sequence[str | os.PathLike[str]] = (),
+    overrides: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> ServeConfig:
+    """Defaults < `files` < environment (`os.environ` unless given) < `overrides` ("port=9000") < `flags`.
+
+    `flags` are the command line's explicit options (None values are skipped). Errors are `ConfigError`;
+    a bad environment value names its variable.
+    """
+    data: dict[str, Any] = {}
+    for file in files:
+        data = merge_dicts(data, load_yaml(file))
+    env_values, env_sources = config_from_env(os.environ if environ is None else environ)
+    data = merge_dicts(data, env_values)
+    for text in overrides:
+        key, value = parse_override(text)
+        data = set_dotted(data, key, value)
+        env_sources.pop(key, None)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            data[key] = value
+            env_sources.pop(key, None)
+    try:
+        return from_dict(ServeConfig, data)
+    except ConfigError as err:
+        if err.key in env_sources:
+            raise ConfigError(f"{env_sources[err.key]}: {err.message}") from None
+        raise

@@ -1,0 +1,260 @@
+"""The engine behind the API and the demo: requests -> prompts and pixels -> decoding -> structured outputs.
+
+`Engine` holds everything that is the same for every backend and needs no torch: the tokenizer, the image
+processor, the answer lists of closed-set tasks, prompt building, request validation, grouping a batch by
+decoding settings, and task postprocessing. A backend implements `_decode` only:
+`biomedgpt.serve.ort_engine.OrtEngine` (ONNX Runtime, the default) and `biomedgpt.serve.torch_engine.TorchEngine`.
+
+A model folder holds `tokenizer.json`, `preprocessor_config.json`, and optionally `serving.json` (default decoding
+settings, trained tasks, model id) and `answers.json` (closed-set answers per task, from the TRAIN split:
+`biomedgpt export` writes both).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from biomedgpt.model.constraints import AnswerTrie
+from biomedgpt.model.image_processing import BiomedGPTImageProcessor
+from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
+from biomedgpt.serve.tokenizer import ServeTokenizer
+from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS, RequestError, TaskRequest, TaskResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EngineLimits:
+    """What one request may ask for; breaking a limit is a 4xx, never a crash."""
+
+    max_prompt_tokens: int = 256
+    """Prompt tokens (with <s> and </s>); longer prompts answer 422."""
+    max_new_tokens: int = 1024
+    """Largest `max_new_tokens` a request may ask for (also bounded by the model's decoder positions)."""
+    max_image_pixels: int = 40_000_000
+    """Images with more pixels answer 413."""
+    max_beams: int = 8
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to batch."""
+
+    request: TaskRequest
+    prompt: str
+    prompt_ids: list[int]
+    pixels: np.ndarray  # (3, S, S)
+    orig_size: tuple[int, int]  # (width, height) of the input image
+    max_new_tokens: int
+    num_beams: int
+    use_trie: bool
+
+    @property
+    def group_key(self) -> tuple:
+        # Greedy rows of one task share a batch whatever their length budget (each is cut to its own);
+        # beam search needs the same budget for every row.
+        beam_len = self.max_new_tokens if self.num_beams > 1 else 0
+        return (self.request.task, self.num_beams, self.use_trie, beam_len)
+
+
+class Engine(abc.ABC):
+    name: ClassVar[str]
+
+    def __init__(self, model_dir: str | Path, *, limits: EngineLimits | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.limits = limits or EngineLimits()
+        self.tokenizer = ServeTokenizer.from_dir(self.model_dir)
+        self.image_processor = BiomedGPTImageProcessor.from_pretrained(self.model_dir)
+        self.image_size = self.image_processor.image_size
+        serving = _read_json(self.model_dir / "serving.json")
+        self.model_id: str = serving.get("model_id") or self.model_dir.name
+        self.defaults = DecodeSpec(**serving.get("generation", {}))
+        self.max_target_positions: int = serving.get("max_target_positions", 1024)
+        trained = serving.get("tasks") or list(SERVED_TASKS)
+        self.tasks: tuple[str, ...] = tuple(t for t in SERVED_TASKS if t in trained)
+        self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
+        self._tries: dict[str, AnswerTrie] = {}
+        layout = self.tokenizer.layout
+        self.special_ids = SpecialIds(
+            pad=layout.pad_id, bos=layout.bos_id, eos=layout.eos_id, decoder_start=layout.bos_id
+        )
+        self.vocab_size = layout.vocab_size
+
+    # --- validation --------------------------------------------------------------------------------
+    def prepare(self, request: TaskRequest) -> Prepared:
+        """Validate one request and build its prompt; `RequestError` (4xx) names what is wrong."""
+        from biomedgpt.data.schema import Sample
+        from biomedgpt.tasks import get_task
+
+        if request.task not in self.tasks:
+            raise RequestError(
+                f"unknown task {request.task!r}; this model serves: {', '.join(self.tasks)}",
+                status=404,
+                field="task",
+            )
+        task = get_task(request.task)
+        if request.instruction is not None:
+            prompt = " " + " ".join(request.instruction.split())
+            if not prompt.strip():
+                raise RequestError("the instruction is empty", field="instruction")
+        else:
+            slot = TASK_FIELDS.get(request.task)
+            value = (request.fields.get(slot) or "").strip() if slot else ""
+            if slot and not value:
+                raise RequestError(f"task {request.task} needs the field {slot!r}", field=slot)
+            sample = Sample(
+                key="request", task=request.task, split="test", fields=_sample_fields(request.task, value)
+            )
+            prompt = task.build_prompt(sample)
+        prompt_ids = self.tokenizer.encode_prompt(prompt)
+        if len(prompt_ids) > self.limits.max_prompt_tokens:
+            raise RequestError(
+                f"the prompt has {len(prompt_ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}",
+                field="prompt",
+            )
+        width, height = request.image.size
+        if width * height > self.limits.max_image_pixels:
+            raise RequestError(
+                f"the image has {width * height} pixels, more than the limit of {self.limits.max_image_pixels}",
+                status=413,
+                field="image",
+            )
+        max_new = (
+            request.max_new_tokens
+            if request.max_new_tokens is not None
+            else self.default_max_new_tokens(request.task)
+        )
+        cap = min(self.limits.max_new_tokens, self.max_target_positions - 1)
+        if not 1 <= max_new <= cap:
+            raise RequestError(f"max_new_tokens must be in 1..{cap}, got {max_new}", field="max_new_tokens")
+        beams = request.num_beams if request.num_beams is not None else self.defaults.num_beams
+        if not 1 <= beams <= self.limits.max_beams:
+            raise RequestError(
+                f"num_beams must be in 1..{self.limits.max_beams}, got {beams}", field="num_beams"
+            )
+        use_trie = task.closed_set and bool(self.answers.get(task.name)) and request.closed_set is not False
+        pixels = task.transform_pixels(self.image_processor.preprocess_one(request.image))
+        return Prepared(request, prompt, prompt_ids, pixels, (width, height), max_new, beams, use_trie)
+
+    def default_max_new_tokens(self, task: str) -> int:
+        if task == "segmentation":
+            from biomedgpt.tasks.segmentation_codec import max_tokens
+
+            return max(self.defaults.max_new_tokens, max_tokens(self.image_size) + 1)
+        return self.defaults.max_new_tokens
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(self, items: list[Prepared]) -> list[TaskResult]:
+        """Decode prepared requests (any mix of tasks), batched by decoding settings; results in input order."""
+        results: list[TaskResult | None] = [None] * len(items)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[item.group_key].append(i)
+        for indices in groups.values():
+            group = [items[i] for i in indices]
+            for i, result in zip(indices, self._run_group(group)):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def __call__(self, request: TaskRequest) -> TaskResult:
+        """Validate and run one request (the demo and tests; the server batches through `run`)."""
+        return self.run([self.prepare(request)])[0]
+
+    def _run_group(self, group: list[Prepared]) -> list[TaskResult]:
+        from biomedgpt.tasks import get_task
+
+        first = group[0]
+        task = get_task(first.request.task)
+        spec = DecodeSpec(
+            max_new_tokens=max(item.max_new_tokens for item in group),
+            num_beams=first.num_beams,
+            length_penalty=self.defaults.length_penalty,
+            no_repeat_ngram_size=self.defaults.no_repeat_ngram_size,
+            allowed_tokens=task.allowed_token_mask(self.tokenizer.layout),
+            trie=self._trie(task) if first.use_trie else None,
+        )
+        width = max(len(item.prompt_ids) for item in group)
+        input_ids = np.full((len(group), width), self.special_ids.pad, dtype=np.int64)
+        attention_mask = np.zeros((len(group), width), dtype=np.int64)
+        for i, item in enumerate(group):
+            input_ids[i, : len(item.prompt_ids)] = item.prompt_ids
+            attention_mask[i, : len(item.prompt_ids)] = 1
+        pixels = np.stack([item.pixels for item in group]).astype(np.float32)
+        sequences, scores = self._decode(input_ids, attention_mask, pixels, spec)
+        return [self._result(task, item, row, float(s)) for item, row, s in zip(group, sequences, scores)]
+
+    def _result(self, task, item: Prepared, row: np.ndarray, score: float) -> TaskResult:
+        eos, pad = self.special_ids.eos, self.special_ids.pad
+        tokens = [int(t) for t in row if t != pad][: item.max_new_tokens]
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos) + 1]
+        output = task.postprocess(
+            tokens, self.tokenizer, image_size=self.image_size, orig_size=item.orig_size
+        )
+        if task.closed_set:
+            output["label" if task.name == "classification" else "answer"] = output.get("text", "")
+            output["score"] = math.exp(score) if item.num_beams == 1 else None
+        return TaskResult(task=task.name, prompt=item.prompt, output=output, tokens=tokens, score=score)
+
+    def _trie(self, task) -> AnswerTrie:
+        if task.name not in self._tries:
+            self._tries[task.name] = task.answer_trie(self.answers[task.name], self.tokenizer)
+        return self._tries[task.name]
+
+    @abc.abstractmethod
+    def _decode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, spec: DecodeSpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) ids, (B, T) mask, (B, 3, S, S) pixels -> sequences (B, L) int64, scores (B,)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "model_id": self.model_id,
+            "tasks": list(self.tasks),
+            "image_size": self.image_size,
+        }
+
+
+def _sample_fields(task: str, value: str) -> dict[str, Any]:
+    """The minimal `Sample.fields` a task's `prompt_fields` reads."""
+    if task == "vqa":
+        return {"question": value, "answer": ""}
+    if task == "grounding":
+        return {"boxes": [{"label": value, "box": [0, 0, 1, 1]}]}
+    if task == "segmentation":
+        return {"target": value}
+    return {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def load_engine(
+    model_dir: str | Path, *, engine: str = "onnxruntime", limits: EngineLimits | None = None, **kwargs: Any
+) -> Engine:
+    """The engine called `engine` over `model_dir` ("onnxruntime" needs an export folder; "torch" a checkpoint)."""
+    if engine == "onnxruntime":
+        from biomedgpt.serve.ort_engine import OrtEngine
+
+        return OrtEngine(model_dir, limits=limits, **kwargs)
+    if engine == "torch":
+        from biomedgpt.serve.torch_engine import TorchEngine
+
+        return TorchEngine(model_dir, limits=limits, **kwargs)
+    raise ValueError(f"unknown engine {engine!r}; expected 'onnxruntime' or 'torch'")

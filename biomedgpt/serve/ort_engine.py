@@ -1,0 +1,118 @@
+"""The ONNX Runtime engine: the exported encoder and decoder-step graphs driven by our numpy decoding loop.
+
+No torch: `pip install biomedgpt[serve]` brings onnxruntime, numpy, Pillow and tokenizers only. The graphs and
+their input/output names are described in `biomedgpt.export.graphs` and in the export folder's manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from biomedgpt.serve.decoding import DecodeSpec, decode
+from biomedgpt.serve.engine import Engine, EngineLimits
+
+PRECISIONS = ("fp32", "int8")
+
+
+class OrtEngine(Engine):
+    name: ClassVar[str] = "onnxruntime"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        limits: EngineLimits | None = None,
+        precision: str = "fp32",
+        num_threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model_dir, limits=limits)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        suffix = "" if precision == "fp32" else ".int8"
+        paths = {g: self.model_dir / f"{g}{suffix}.onnx" for g in ("encoder", "decoder")}
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            hint = (
+                " (export with --int8, and check the int8 gate in manifest.json)"
+                if precision == "int8"
+                else ""
+            )
+            raise FileNotFoundError(f"not an ONNX export folder: missing {', '.join(missing)}{hint}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=providers)
+        self.precision = precision
+        config = json.loads((self.model_dir / "config.json").read_text())
+        self.num_layers = config["decoder_layers"]
+        self.num_heads = config["decoder_attention_heads"]
+        self.head_dim = config["d_model"] // self.num_heads
+        self.max_target_positions = config["max_target_positions"]
+
+    def encode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray
+    ) -> list[np.ndarray]:
+        """-> [encoder_attention_bias, cross_position_keys, present.{i}.encoder.key/value ...]."""
+        return self.encoder.run(
+            None,
+            {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "patch_images": pixels.astype(np.float32),
+            },
+        )
+
+    def _decode(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, spec: DecodeSpec
+    ) -> tuple[np.ndarray, np.ndarray]:
+        bias, position_keys, *cross = self.encode(input_ids, attention_mask, pixels)
+        if spec.num_beams > 1:
+            bias = np.repeat(bias, spec.num_beams, axis=0)
+            cross = [np.repeat(c, spec.num_beams, axis=0) for c in cross]
+        step = OrtDecoderStep(self, bias, position_keys, cross)
+        return decode(
+            step, batch=input_ids.shape[0], spec=spec, ids=self.special_ids, vocab_size=self.vocab_size
+        )
+
+
+class OrtDecoderStep:
+    """One decoder session call per step; keeps the self-attention cache as the graph's flat present tensors."""
+
+    def __init__(
+        self, engine: OrtEngine, bias: np.ndarray, position_keys: np.ndarray, cross: list[np.ndarray]
+    ) -> None:
+        self.session = engine.decoder
+        rows = bias.shape[0]
+        empty = np.zeros((rows, engine.num_heads, 0, engine.head_dim), dtype=np.float32)
+        self.feeds: dict[str, np.ndarray] = {
+            "encoder_attention_bias": bias,
+            "cross_position_keys": position_keys,
+        }
+        self.self_names = []
+        for i in range(engine.num_layers):
+            key, value = f"past_key_values.{i}.decoder.key", f"past_key_values.{i}.decoder.value"
+            self.self_names += [key, value]
+            self.feeds[key] = empty
+            self.feeds[value] = empty
+            self.feeds[f"past_key_values.{i}.encoder.key"] = cross[2 * i]
+            self.feeds[f"past_key_values.{i}.encoder.value"] = cross[2 * i + 1]
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        logits, *present = self.session.run(None, {**self.feeds, "input_ids": tokens.astype(np.int64)})
+        self.feeds.update(zip(self.self_names, present))
+        return logits
+
+    def reorder(self, rows: np.ndarray) -> None:
+        # Beams only move within their own sample, whose encoder rows are identical: only the self cache moves.
+        for name in self.self_names:
+            self.feeds[name] = np.take(self.feeds[name], rows, axis=0)

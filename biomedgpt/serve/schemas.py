@@ -1,0 +1,124 @@
+"""Request bodies of the HTTP API as pydantic models: they validate input and document it in /openapi.json.
+
+Unknown fields are errors (a typo such as `max_new_token` must not be silently ignored); the chat body accepts
+the OpenAI parameters a client commonly sends even where they change nothing here (`temperature`: decoding is
+greedy or beam search, deterministic).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Prompt text is bounded in tokens by the engine; this bounds the work of tokenizing it at all.
+MAX_TEXT_CHARS = 20_000
+
+MaskFormat = Literal["png", "rle", "both"]
+TextField = Annotated[str | None, Field(default=None, max_length=MAX_TEXT_CHARS)]
+
+
+class TaskBody(BaseModel):
+    """`POST /v1/tasks/{task}`: JSON, or multipart/form-data with the image as a file part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = Field(
+        default=None, description="base64 image bytes or a data URL (JSON); in multipart, a file part `image`"
+    )
+    question: TextField = Field(default=None, description="vqa: the question")
+    text: TextField = Field(default=None, description="grounding: the phrase to locate")
+    structure: TextField = Field(default=None, description="segmentation: what to segment")
+    prompt: TextField = Field(default=None, description="your own instruction instead of the task's prompt")
+    max_new_tokens: int | None = Field(default=None, description="generation budget (default: the model's)")
+    num_beams: int | None = Field(default=None, description="beam width (1 = greedy)")
+    closed_set: bool | None = Field(
+        default=None, description="restrict vqa/classification answers to the model's answer list"
+    )
+    mask_format: MaskFormat = Field(
+        default="png", description="segmentation masks as base64 PNG, COCO RLE or both"
+    )
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="a data URL: data:image/png;base64,... (remote URLs are not fetched)")
+    detail: str | None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    # History messages may carry fields of other features (tool calls, refusals): they are ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class ChatBody(BaseModel):
+    """`POST /v1/chat/completions`, the OpenAI request body plus a few BiomedGPT fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="`<model_id>` (free instruction) or `<model_id>:<task>` (see /v1/models)")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = Field(default=None, description="wins over max_tokens")
+    stream: bool | None = Field(default=False, description="streaming is not supported: must be false")
+    n: int | None = Field(default=1, description="must be 1")
+    temperature: float | None = Field(
+        default=None, description="accepted and ignored: decoding is deterministic"
+    )
+    top_p: float | None = Field(default=None, description="accepted and ignored")
+    seed: int | None = None
+    user: str | None = None
+    stream_options: dict[str, Any] | None = None
+    task: str | None = Field(default=None, description="pins the task, like a `:task` suffix on the model")
+    num_beams: int | None = None
+    closed_set: bool | None = None
+    mask_format: MaskFormat = "rle"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed request (invalid JSON, unreadable form)",
+        401: "Missing or wrong API key",
+        404: "Unknown task or model",
+        413: "Body or image too large",
+        415: "Unsupported content type",
+        422: "Invalid field values or limits exceeded",
+        503: "Model loading or queue full (see Retry-After)",
+    }.items()
+}

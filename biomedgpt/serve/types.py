@@ -1,0 +1,55 @@
+"""What flows through the serving engines: requests, results and request errors (no torch, no web code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+# Tasks an image-conditioned server answers; text-only and image-code tasks are training-only.
+SERVED_TASKS = ("caption", "report", "vqa", "classification", "segmentation", "grounding", "detection")
+# The request field each task's prompt slot reads (tasks/*.py `prompt_fields`).
+TASK_FIELDS = {"vqa": "question", "grounding": "text", "segmentation": "structure"}
+
+
+class RequestError(ValueError):
+    """A request the server must refuse: `status` is the HTTP status (413 too large, 422 invalid, 404 unknown)."""
+
+    def __init__(self, message: str, *, status: int = 422, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+@dataclass(kw_only=True)
+class TaskRequest:
+    """One inference request, validated by the HTTP layer's schema but not yet by the engine."""
+
+    task: str
+    image: Image.Image
+    fields: dict[str, str] = field(default_factory=dict)
+    """Task slots: `question` (vqa), `text` (grounding), `structure` (segmentation)."""
+    instruction: str | None = None
+    """The user's own wording, used as the prompt instead of the task's template (chat completions)."""
+    max_new_tokens: int | None = None
+    num_beams: int | None = None
+    closed_set: bool | None = None
+    """Use the answer trie for closed-set tasks (default: yes when the model folder has answers)."""
+
+
+@dataclass
+class TaskResult:
+    task: str
+    prompt: str
+    output: dict[str, Any]
+    """text | label + score | box | objects | mask (bool array at the input image's size)."""
+    tokens: list[int]
+    """Generated ids up to and including eos."""
+    score: float
+    """Sum of log-probabilities (greedy) or the length-normalised beam score."""
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.tokens)

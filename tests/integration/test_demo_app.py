@@ -1,0 +1,115 @@
+"""The Gradio demo, launched for real on 127.0.0.1 over the torch engine, called task by task with gradio_client.
+
+Outputs must be well-formed whatever the random tiny model says: closed-set answers come from the answer list,
+drawn images keep the input's size, boxes are four numbers, and refused requests come back as a message in the
+tab's status line instead of an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from tests.integration._demo_server import running_demo
+
+pytestmark = pytest.mark.integration
+
+ANSWERS = {"vqa": ["yes", "no", "left lung"], "classification": ["normal", "pneumonia", "effusion"]}
+"""The answer lists `write_served_model` (tests/conftest.py) puts in answers.json."""
+
+
+@pytest.fixture(scope="module")
+def engine(served_model_dir):
+    from biomedgpt.serve.engine import load_engine
+
+    return load_engine(served_model_dir, engine="torch")
+
+
+@pytest.fixture(scope="module")
+def demo_client(engine, tmp_path_factory):
+    from gradio_client import Client
+
+    from biomedgpt.demo.backends import EngineBackend
+
+    with running_demo(EngineBackend(engine), tmp_path_factory.mktemp("demo-examples")) as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    """A non-square image, so a width/height swap anywhere shows up as a size mismatch."""
+    from biomedgpt.demo.examples import draw_chest_slice
+
+    path = tmp_path_factory.mktemp("demo-input") / "chest.png"
+    Image.fromarray(draw_chest_slice(256)[:, 30:230]).save(path)  # 200 x 256
+    return path
+
+
+def call(client, task: str, image_path, *fields: str):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(image_path)), *fields, api_name=f"/{task}")
+
+
+def test_one_endpoint_per_task(demo_client, engine):
+    endpoints = demo_client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {f"/{task}" for task in engine.tasks} <= set(endpoints)
+
+
+@pytest.mark.parametrize("task", ["caption", "report"])
+def test_text_tasks_answer(demo_client, image_path, task):
+    text, status = call(demo_client, task, image_path)
+    assert isinstance(text, str) and text.strip()
+    assert status.startswith("Done in")
+
+
+@pytest.mark.parametrize(("task", "fields"), [("vqa", ["is there a lesion?"]), ("classification", [])])
+def test_closed_set_tasks_answer_from_the_list(demo_client, image_path, task, fields):
+    answer, score, status = call(demo_client, task, image_path, *fields)
+    assert answer in ANSWERS[task]
+    assert 0.0 <= score <= 1.0
+    assert status.startswith("Done in")
+
+
+def test_segmentation_overlay_keeps_the_input_size(demo_client, image_path):
+    overlay, area, status = call(demo_client, "segmentation", image_path, "lesion")
+    with Image.open(overlay) as drawn, Image.open(image_path) as source:
+        assert drawn.size == source.size == (200, 256)
+    assert re.fullmatch(r"\d+ px \(\d+\.\d% of the image\)", area)
+    assert status.startswith("Done in")
+
+
+def test_grounding_draws_a_box(demo_client, image_path):
+    drawn, box, status = call(demo_client, "grounding", image_path, "the lesion")
+    with Image.open(drawn) as image:
+        assert image.size == (200, 256)
+    if not box.startswith("no box"):
+        coords = json.loads(box)
+        assert len(coords) == 4 and all(0 <= v <= 256 for v in coords)
+    assert status.startswith("Done in")
+
+
+def test_detection_draws_objects(demo_client, image_path):
+    drawn, objects, status = call(demo_client, "detection", image_path)
+    with Image.open(drawn) as image:
+        assert image.size == (200, 256)
+    assert isinstance(objects, list)
+    for obj in objects:
+        assert len(obj["box"]) == 4 and isinstance(obj["label"], str)
+    assert status.startswith("Done in")
+
+
+def test_a_missing_field_is_a_message_not_an_error(demo_client, image_path):
+    answer, score, status = call(demo_client, "vqa", image_path, "   ")
+    assert answer is None and score is None
+    assert status.startswith("**Error:**") and "question" in status
+
+
+def test_an_engine_refusal_is_shown_with_its_status(demo_client, image_path):
+    # 300 words make more prompt tokens than the engine's limit: a RequestError (422) inside the engine.
+    drawn, area, status = call(demo_client, "segmentation", image_path, "lesion " * 300)
+    assert drawn is None and area is None
+    assert "refused (422)" in status and "prompt" in status
