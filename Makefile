@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 bootstrap:
 	@bash scripts/bootstrap.sh
 
-## The main job on its embedded default: demo corpus -> model chain -> train the demo model -> evaluate.
+## The whole product on its embedded default: demo corpus -> train (or reuse) -> evaluate -> export -> API + demo
+## on 127.0.0.1 (URLs printed). `make demo CI=1` runs the same path, checks it through both servers and exits.
 demo: bootstrap
-	@bash scripts/demo.sh
+	@bash scripts/demo.sh $(if $(CI),--ci,)
 
 ## The whole test suite (unit + integration; GPU tests skip without CUDA), after a lint check.
 test: bootstrap

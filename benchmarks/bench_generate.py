@@ -15,45 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
-
-
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from _common import bart_peer, per_step_ms
 
 
 def build_models(arch: str, vocab_size: int):
-    from transformers import BartConfig, BartForConditionalGeneration
-
     from biomedgpt.model.configuration import BiomedGPTConfig
     from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
 
     torch.manual_seed(0)
     ours_cfg = BiomedGPTConfig.from_arch(arch, vocab_size=vocab_size)
     ours = BiomedGPTForConditionalGeneration(ours_cfg).eval()
-    peer_cfg = BartConfig(
-        vocab_size=vocab_size,
-        d_model=ours_cfg.d_model,
-        encoder_layers=ours_cfg.encoder_layers,
-        decoder_layers=ours_cfg.decoder_layers,
-        encoder_attention_heads=ours_cfg.encoder_attention_heads,
-        decoder_attention_heads=ours_cfg.decoder_attention_heads,
-        encoder_ffn_dim=ours_cfg.encoder_ffn_dim,
-        decoder_ffn_dim=ours_cfg.decoder_ffn_dim,
-        max_position_embeddings=1024,
-        dropout=0.0,
-        attn_implementation="sdpa",
-    )
-    peer = BartForConditionalGeneration(peer_cfg).eval()
+    peer = bart_peer(ours_cfg)
     return ours, peer
 
 
@@ -89,9 +63,7 @@ def measure(
             )
 
         for name, run in (("ours", ours_run), ("hf_bart", peer_run)):
-            full = _timed(run(new_tokens), repeats)
-            one = _timed(run(1), repeats)
-            result[f"{name}_ms_per_step"] = 1000 * (full - one) / (new_tokens - 1)
+            result[f"{name}_ms_per_step"] = per_step_ms(run, new_tokens, repeats)
     result["ratio_peer_over_ours"] = result["hf_bart_ms_per_step"] / result["ours_ms_per_step"]
     return result
 

@@ -81,3 +81,13 @@ def write_served_model(directory, *, seed: int = 0):
 def served_model_dir(tmp_path_factory):
     """A torch model folder for `biomedgpt serve --engine torch` and the engine tests."""
     return write_served_model(tmp_path_factory.mktemp("served-model"))
+
+
+@pytest.fixture(scope="session")
+def exported_model_dir(served_model_dir, tmp_path_factory):
+    """`served_model_dir` exported to ONNX (fp32): the folder `biomedgpt serve` loads with ONNX Runtime."""
+    from biomedgpt.export.onnx_export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export") / "model-onnx"
+    export_checkpoint(served_model_dir, out)
+    return out

@@ -16,6 +16,10 @@ from biomedgpt.commands._config_args import add_config_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.epilog = (
+        "KEY=VALUE overrides name ServeConfig keys (e.g. max_batch_size=16 max_wait_ms=10); each key can also be "
+        "set as BIOMEDGPT_SERVE_<KEY>. See configs/serve/default.yaml."
+    )
     parser.add_argument(
         "--model", default=None, help="model folder: an export (onnxruntime) or a checkpoint (torch)"
     )

@@ -83,6 +83,8 @@ class ServerState:
             on_batch=lambda size, seconds: metrics.observe_batch(size=size, seconds=seconds),
         )
         metrics.model_ready.set(1 if engine is not None else 0)
+        # Decoded images wait in memory until their batch runs: bound how many are decoded at once.
+        self._preparing = asyncio.Semaphore(2 * config.max_batch_size)
 
     def _run_batch(self, items: list[Prepared]) -> list[Any]:
         assert self.engine is not None
@@ -115,14 +117,18 @@ class ServerState:
         def prepare() -> Prepared:
             return engine.prepare(TaskRequest(image=decode_image(image, max_pixels=max_pixels), **request))
 
-        prepared = await asyncio.to_thread(prepare)
+        busy = APIError(
+            503, "the server is busy; retry shortly", code="queue_full", headers={"Retry-After": "1"}
+        )
+        if self.batcher.queue_size >= self.config.max_queue:
+            raise busy  # before spending any work on the image
+        async with self._preparing:
+            prepared = await asyncio.to_thread(prepare)
         prepared_at = time.perf_counter()
         try:
             outcome = await asyncio.wait_for(self.batcher.submit(prepared), self.config.request_timeout_s)
         except QueueFull:
-            raise APIError(
-                503, "the server is busy; retry shortly", code="queue_full", headers={"Retry-After": "1"}
-            ) from None
+            raise busy from None
         except asyncio.TimeoutError:
             raise APIError(504, f"no answer within {self.config.request_timeout_s} s") from None
         except BatchFailed:
@@ -185,7 +191,9 @@ def create_app_from_config(config: ServeConfig) -> FastAPI:
     def load() -> Engine:
         from biomedgpt.serve.engine import load_engine
 
-        extra = {"num_threads": config.num_threads} if config.num_threads else {}
+        extra: dict = {"num_threads": config.num_threads} if config.num_threads else {}
+        if config.engine == "onnxruntime":
+            extra["precision"] = config.precision
         return load_engine(config.model, engine=config.engine, limits=config.engine_limits(), **extra)
 
     return create_app(None, config, loader=load)

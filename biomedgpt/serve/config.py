@@ -41,6 +41,8 @@ class ServeConfig:
     """Model folder: an export folder (engine onnxruntime) or a checkpoint / model folder (engine torch)."""
     engine: Literal["onnxruntime", "torch"] = "onnxruntime"
     """Inference backend; ONNX Runtime needs no torch in the serving image."""
+    precision: Literal["fp32", "int8"] = "fp32"
+    """ONNX Runtime graphs to load: fp32, or the int8 ones `biomedgpt export --int8` kept (engine onnxruntime only)."""
     host: str = "127.0.0.1"
     """Address to bind. Anything but loopback needs `api_key` (or `allow_no_key`)."""
     port: int = 8000
@@ -81,6 +83,11 @@ class ServeConfig:
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("max_prompt_tokens", "max_new_tokens", "max_beams"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(
+            self.precision == "fp32" or self.engine == "onnxruntime",
+            "precision",
+            "int8 graphs are served by the onnxruntime engine only",
+        )
         check(self.max_wait_ms >= 0, "max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
         check(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
         check(

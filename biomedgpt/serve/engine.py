@@ -128,12 +128,14 @@ class Engine(abc.ABC):
                 status=413,
                 field="image",
             )
+        cap = min(self.limits.max_new_tokens, self.max_target_positions - 1)
+        # A request that names no budget gets the task's default, cut to the server's cap (segmentation's
+        # default can exceed a small cap); one that names a budget above the cap is refused.
         max_new = (
             request.max_new_tokens
             if request.max_new_tokens is not None
-            else self.default_max_new_tokens(request.task)
+            else min(self.default_max_new_tokens(request.task), cap)
         )
-        cap = min(self.limits.max_new_tokens, self.max_target_positions - 1)
         if not 1 <= max_new <= cap:
             raise RequestError(f"max_new_tokens must be in 1..{cap}, got {max_new}", field="max_new_tokens")
         beams = request.num_beams if request.num_beams is not None else self.defaults.num_beams

@@ -78,7 +78,9 @@ class ChatBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="`<model_id>` (free instruction) or `<model_id>:<task>` (see /v1/models)")
+    model: str = Field(
+        max_length=256, description="`<model_id>` (free instruction) or `<model_id>:<task>` (see /v1/models)"
+    )
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int | None = None
     max_completion_tokens: int | None = Field(default=None, description="wins over max_tokens")
@@ -89,9 +91,11 @@ class ChatBody(BaseModel):
     )
     top_p: float | None = Field(default=None, description="accepted and ignored")
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=256)
     stream_options: dict[str, Any] | None = None
-    task: str | None = Field(default=None, description="pins the task, like a `:task` suffix on the model")
+    task: str | None = Field(
+        default=None, max_length=64, description="pins the task, like a `:task` suffix on the model"
+    )
     num_beams: int | None = None
     closed_set: bool | None = None
     mask_format: MaskFormat = "rle"

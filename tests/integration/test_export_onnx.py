@@ -18,12 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def exported(served_model_dir, tmp_path_factory):
-    from biomedgpt.export.onnx_export import ExportOptions, export_checkpoint
-
-    out = tmp_path_factory.mktemp("export") / "model-onnx"
-    manifest = export_checkpoint(served_model_dir, out, ExportOptions())
-    return out, manifest
+def exported(exported_model_dir):
+    return exported_model_dir, json.loads((exported_model_dir / "manifest.json").read_text())
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -37,7 +33,6 @@ def test_export_folder_describes_itself(exported):
     from biomedgpt.hashing import sha256_file
 
     out, manifest = exported
-    assert json.loads((out / "manifest.json").read_text()) == manifest
     for name, digest in manifest["files"].items():
         assert sha256_file(out / name) == digest, name
     for graph in ("encoder", "decoder"):

@@ -30,6 +30,7 @@ from biomedgpt.serve.app import create_app
 from biomedgpt.serve.config import ServeConfig
 from biomedgpt.serve.engine import load_engine
 from biomedgpt.serve.server import BackgroundServer
+from biomedgpt.serve.torch_engine import TorchEngine
 from tests.integration._demo_server import free_port
 from tests.integration._serve_api import (
     API_KEY,
@@ -338,3 +339,63 @@ def test_biomedgpt_serve_command_runs_a_server(served_model_dir):
         except subprocess.TimeoutExpired:
             process.kill()
     assert process.returncode == 0, process.stderr.read()
+
+
+class GatedEngine(TorchEngine):
+    """The real torch engine, with a gate before each batch and a failure on one prompt: lets a test hold the
+    engine busy (queue overflow, timeouts) and make one batch fail, deterministically."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def run(self, items):
+        self.entered.set()
+        assert self.gate.wait(30)
+        if any("explode" in item.prompt for item in items):
+            raise RuntimeError("simulated engine failure")
+        return super().run(items)
+
+
+def test_queue_overflow_timeouts_and_engine_failures_are_survived(served_model_dir):
+    config = ServeConfig(
+        port=free_port(),
+        max_batch_size=1,
+        max_wait_ms=0,
+        max_queue=1,
+        request_timeout_s=3,
+        log_level="critical",
+    )
+    engine = GatedEngine(served_model_dir, limits=config.engine_limits())
+    body = {"image": PNG_B64, "max_new_tokens": 2}
+    with BackgroundServer(create_app(engine, config), config) as running, ThreadPoolExecutor(2) as pool:
+
+        def post(extra: dict | None = None) -> httpx.Response:
+            return httpx.post(f"{running.url}/v1/tasks/caption", json={**body, **(extra or {})}, timeout=30)
+
+        engine.gate.clear()
+        engine.entered.clear()
+        first = pool.submit(post)  # taken by the worker, held at the gate
+        assert engine.entered.wait(10)
+        second = pool.submit(post)  # waits in the queue (max_queue=1)
+        deadline = time.monotonic() + 10
+        while metric(httpx.get(f"{running.url}/metrics").text, "biomedgpt_queue_size") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        full = post()
+        assert assert_json_error(full, 503)["code"] == "queue_full" and full.headers["retry-after"] == "1"
+        engine.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+
+        engine.gate.clear()
+        slow = post()  # held past request_timeout_s
+        assert assert_json_error(slow, 504)["code"] == "timeout"
+        engine.gate.set()
+
+        failed = post({"prompt": "explode now"})
+        assert assert_json_error(failed, 500)["code"] == "inference_failed"
+        assert "simulated" not in failed.text  # internals stay in the log
+        assert httpx.get(f"{running.url}/health").status_code == 200
+        assert post().status_code == 200

@@ -387,12 +387,12 @@ def task_requests() -> st.SearchStrategy:
     def body_for(task: str) -> st.SearchStrategy:
         optional = {
             "prompt": st.text(max_size=40),
-            "max_new_tokens": INTEGERS,
             "num_beams": st.integers(-1, 9),
             "closed_set": st.none() | st.booleans(),
             "mask_format": st.sampled_from(["png", "rle", "both"]),
         }
-        required = {"image": st.sampled_from([PNG_B64, DATA_URL])}
+        # Always a budget: the default one (257 tokens for segmentation) times 8 beams would take seconds.
+        required = {"image": st.sampled_from([PNG_B64, DATA_URL]), "max_new_tokens": INTEGERS}
         if task in TASK_FIELDS:
             (slot,) = TASK_FIELDS[task]
             required[slot] = st.text(max_size=60)
@@ -418,9 +418,12 @@ def chat_requests() -> st.SearchStrategy:
     )
     models = st.sampled_from([MODEL_ID, *(f"{MODEL_ID}:{t}" for t in TASKS)])
     return st.fixed_dictionaries(
-        {"model": models, "messages": st.tuples(history, user).map(lambda pair: [*pair[0], pair[1]])},
-        optional={
+        {
+            "model": models,
+            "messages": st.tuples(history, user).map(lambda pair: [*pair[0], pair[1]]),
             "max_tokens": INTEGERS,
+        },
+        optional={
             "temperature": st.floats(0, 2),
             "mask_format": st.sampled_from(["png", "rle", "both"]),
         },

@@ -1,0 +1,779 @@
+"""Serving speed: ONNX Runtime (fp32, int8) and PyTorch engines vs transformers' BART, and a load test of
+`biomedgpt serve`, in one run (DESIGN.md section 10; issue 5).
+
+Part 1, engines (one process, one thread count for everything: `--threads`, default 2, applied to torch and to
+every ONNX Runtime session). A `--arch` model with random weights is saved, exported with `biomedgpt export`'s
+code (fp32 graphs, parity-checked) and quantized to int8 with `quantize_graphs` (the int8 accuracy gate is
+skipped: random weights). The peer is HF `BartForConditionalGeneration` with the same d_model, layers, heads,
+FFN and vocabulary (`_common.bart_peer`, as in bench_generate.py); its source length is our encoder length
+(image patches + prompt tokens of the VQA request). For batch 1 and 8:
+
+- ms per decoding step: encoders run once outside the timed region; greedy decoding forced to exactly N tokens
+  (`min_new_tokens`); per step = (time for N tokens - time for 1 token) / (N - 1), median of `--repeats` after
+  a warm-up (`_common.per_step_ms`). ORT: the serving loop (`biomedgpt.serve.decoding.decode` around
+  `OrtDecoderStep`); torch: `biomedgpt.model.generation.decode`; HF: `generate(encoder_outputs=...)`.
+- whole request: B identical VQA requests (a 512x512 RGB image, one question, `max_new_tokens` N,
+  closed_set off) through `engine.prepare` + `engine.run`: image preprocessing, prompt building, encoder
+  (ResNet stem included), N greedy steps and postprocessing. HF: `generate(input_ids=...)`, i.e. its encoder
+  and N steps only (no image stem, no pre/post-processing: the comparison favours the peer).
+  The model's eos embedding row is zeroed so greedy decoding never stops early: every request really
+  decodes N tokens (checked: `tokens` in the table).
+
+Part 2, load test: a real `biomedgpt serve` subprocess (ONNX Runtime fp32, the `--load-size` export,
+`num_threads=--threads`) on 127.0.0.1; asyncio clients (httpx, one keep-alive connection each, in this
+process, so on the same cores) send `POST /v1/tasks/vqa` (JSON, base64 PNG, `max_new_tokens` =
+`--load-new-tokens`) back to back for `--duration` s per level. Per level: throughput, p50/p99 latency, errors
+(non-200 or transport errors: must be 0), mean batch size (from /metrics) and the server's VmRSS sampled every
+0.25 s (start/peak/end). Levels 1, 8, 32 clients run with batching on (`max_batch_size=--batch-on`,
+`max_wait_ms=--max-wait-ms`); then 32 clients against a server with batching off (`max_batch_size=1`,
+`max_wait_ms=0`); the report gives on/off throughput.
+
+Exports are cached under .cache/bench_serve/ (keyed by arch, sizes, seed, library versions and the model/export
+sources), so only the first run pays for them. Weights are random: speed does not depend on them.
+
+    python benchmarks/bench_serve.py                    # small, batch 1 and 8, load test of the small export
+    python benchmarks/bench_serve.py --quick            # smoke run: tiny model, few iterations (< 60 s cached)
+    python benchmarks/bench_serve.py --load-size tiny --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import bart_peer, machine_info, per_step_ms, timed
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "what abnormality is seen in the left lung?"
+VOCAB_SIZE = 32768
+SEED = 0
+
+PER_STEP_GOALS = {"ort_fp32": 1.5, "ort_int8": 3.0}  # HF ms/step / ours ms/step, batch 1 and 8
+BATCHING_GOAL = 3.0  # throughput at 32 clients, batching on / off
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model folders and exports
+# --------------------------------------------------------------------------------------------------------
+def _cache_key(arch: str, image_size: int) -> str:
+    from importlib.metadata import version
+
+    from biomedgpt import __version__
+    from biomedgpt.tokenization.paths import default_tokenizer_dir
+
+    digest = hashlib.sha256()
+    meta = {
+        "arch": arch,
+        "image_size": image_size,
+        "vocab": VOCAB_SIZE,
+        "seed": SEED,
+        "eos_zeroed": True,
+        "biomedgpt": __version__,
+        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "transformers")},
+    }
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    sources = sorted((REPO / "biomedgpt" / "model").glob("*.py")) + sorted(
+        (REPO / "biomedgpt" / "export").glob("*.py")
+    )
+    for path in [*sources, Path(default_tokenizer_dir()) / "tokenizer.json"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def write_model_folder(directory: Path, arch: str, image_size: int) -> None:
+    """A model folder with random weights (eval) and the real tokenizer; eos can never win greedy decoding."""
+    import torch
+
+    from biomedgpt.model.configuration import BiomedGPTConfig
+    from biomedgpt.model.image_processing import BiomedGPTImageProcessor, ImageProcessorConfig
+    from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
+    from biomedgpt.model.processing import BiomedGPTProcessor
+    from biomedgpt.tokenization.unified import BiomedGPTTokenizer
+
+    torch.manual_seed(SEED)
+    config = BiomedGPTConfig.from_arch(arch, vocab_size=VOCAB_SIZE, image_size=image_size)
+    model = BiomedGPTForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # A zero row gives eos the logit 0 while the best of 32k random logits is far above it: every request
+        # decodes exactly max_new_tokens tokens, so all engines do the same work.
+        model.model.shared.weight[config.eos_token_id].zero_()
+        model.lm_head.weight[config.eos_token_id].zero_()
+    model.save_pretrained(directory)
+    BiomedGPTProcessor(
+        BiomedGPTTokenizer.load_default(),
+        BiomedGPTImageProcessor(ImageProcessorConfig(image_size=image_size)),
+    ).save_pretrained(directory)
+    (directory / "serving.json").write_text(json.dumps({"model_id": f"bench-{arch}"}))
+    (directory / "answers.json").write_text("{}")  # no closed set: VQA decodes freely
+
+
+def prepare_model(
+    arch: str, image_size: int, cache_dir: Path | None, scratch: Path
+) -> tuple[Path, Path, bool]:
+    """-> (model folder, export folder with fp32 and int8 graphs, reused from the cache)."""
+    root = (cache_dir or scratch) / f"{arch}-{image_size}px-{_cache_key(arch, image_size)}"
+    model_dir, export_dir, done = root / "model", root / "export", root / "done"
+    if done.is_file():
+        return model_dir, export_dir, True
+    if root.exists():
+        shutil.rmtree(root)
+    model_dir.mkdir(parents=True)
+    started = time.perf_counter()
+    print(f"# building and exporting the {arch} model ({image_size}px) into {root} ...", flush=True)
+    write_model_folder(model_dir, arch, image_size)
+    from biomedgpt.export.onnx_export import ExportOptions, export_checkpoint
+    from biomedgpt.export.quantize import quantize_graphs
+
+    with _quiet():
+        export_checkpoint(model_dir, export_dir, ExportOptions(overwrite=True))
+        quantize_graphs(export_dir)
+    done.write_text(f"{time.perf_counter() - started:.1f} s\n")
+    print(f"# export done in {time.perf_counter() - started:.0f} s", flush=True)
+    return model_dir, export_dir, False
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's and quantizer's progress chatter (warnings and INFO logs), not errors."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def request_image(size: int = 512):
+    from PIL import Image
+
+    pixels = np.random.default_rng(SEED).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Part 1: engines
+# --------------------------------------------------------------------------------------------------------
+def _task_request(image, new_tokens: int):
+    from biomedgpt.serve.types import TaskRequest
+
+    return TaskRequest(
+        task="vqa", image=image, fields={"question": QUESTION}, max_new_tokens=new_tokens, closed_set=False
+    )
+
+
+def _engine_inputs(engine, image, batch: int):
+    item = engine.prepare(_task_request(image, 1))
+    ids = np.asarray([item.prompt_ids] * batch, dtype=np.int64)
+    return ids, np.ones_like(ids), np.stack([item.pixels] * batch).astype(np.float32)
+
+
+def _whole_request(engine, image, batch: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+    """-> (median ms for B requests, mean generated tokens per request)."""
+    lengths: list[int] = []
+
+    def run() -> None:
+        results = engine.run([engine.prepare(_task_request(image, new_tokens)) for _ in range(batch)])
+        lengths.extend(len(r.tokens) for r in results)
+
+    seconds = timed(run, repeats)
+    return 1000 * seconds, statistics.mean(lengths)
+
+
+def bench_ort(export_dir: Path, precision: str, image, batches, args) -> list[dict[str, Any]]:
+    from biomedgpt.serve.decoding import DecodeSpec, decode
+    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.ort_engine import OrtDecoderStep
+
+    engine = load_engine(export_dir, engine="onnxruntime", precision=precision, num_threads=args.threads)
+    rows = []
+    for batch in batches:
+        bias, position_keys, *cross = engine.encode(*_engine_inputs(engine, image, batch))
+
+        def run(n: int, bias=bias, position_keys=position_keys, cross=cross, batch=batch):
+            spec = DecodeSpec(max_new_tokens=n, min_new_tokens=n)
+            return lambda: decode(
+                OrtDecoderStep(engine, bias, position_keys, cross),
+                batch=batch,
+                spec=spec,
+                ids=engine.special_ids,
+                vocab_size=engine.vocab_size,
+            )
+
+        step_ms = per_step_ms(run, args.new_tokens, args.repeats)
+        request_ms, tokens = _whole_request(engine, image, batch, args.new_tokens, args.repeats)
+        rows.append(_row(f"ort_{precision}", batch, step_ms, request_ms, tokens))
+    return rows
+
+
+def bench_torch(model_dir: Path, image, batches, args) -> list[dict[str, Any]]:
+    import torch
+
+    from biomedgpt.model.generation import DecodeOptions, decode
+    from biomedgpt.serve.engine import load_engine
+
+    engine = load_engine(model_dir, engine="torch", num_threads=args.threads)
+    model = engine.model
+    rows = []
+    for batch in batches:
+        ids, mask, pixels = (torch.from_numpy(a) for a in _engine_inputs(engine, image, batch))
+        with torch.inference_mode():
+            encoded = model.get_encoder()(ids, attention_mask=mask, patch_images=pixels)
+
+            def run(n: int, encoded=encoded):
+                options = DecodeOptions(max_new_tokens=n, min_new_tokens=n)
+                return lambda: decode(model, encoded, options=options)
+
+            step_ms = per_step_ms(run, args.new_tokens, args.repeats)
+        request_ms, tokens = _whole_request(engine, image, batch, args.new_tokens, args.repeats)
+        rows.append(_row("torch", batch, step_ms, request_ms, tokens))
+    return rows
+
+
+def bench_hf(model_dir: Path, prompt_len: int, batches, args) -> list[dict[str, Any]]:
+    import torch
+
+    from biomedgpt.model.configuration import BiomedGPTConfig
+
+    config = BiomedGPTConfig.from_pretrained(model_dir)
+    torch.manual_seed(SEED)
+    peer = bart_peer(config)
+    source_len = (config.image_size // 16) ** 2 + prompt_len
+    rows = []
+    for batch in batches:
+        source = torch.randint(10, config.vocab_size - 10, (batch, source_len))
+        mask = torch.ones_like(source)
+        with torch.inference_mode():
+            encoded = peer.get_encoder()(input_ids=source, attention_mask=mask)
+
+            def run(n: int, encoded=encoded, mask=mask):
+                return lambda: peer.generate(
+                    encoder_outputs=encoded,
+                    attention_mask=mask,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    num_beams=1,
+                )
+
+            step_ms = per_step_ms(run, args.new_tokens, args.repeats)
+            lengths: list[int] = []
+
+            def whole(source=source, mask=mask, lengths=lengths) -> None:
+                out = peer.generate(
+                    input_ids=source,
+                    attention_mask=mask,
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                )
+                lengths.append(out.shape[1] - 1)  # minus the decoder start token
+
+            request_ms = 1000 * timed(whole, args.repeats)
+        rows.append(_row("hf_bart", batch, step_ms, request_ms, statistics.mean(lengths)))
+        rows[-1]["source_len"] = source_len
+    return rows
+
+
+def _row(engine: str, batch: int, step_ms: float, request_ms: float, tokens: float) -> dict[str, Any]:
+    return {
+        "engine": engine,
+        "batch": batch,
+        "ms_per_step": round(step_ms, 3),
+        "request_ms": round(request_ms, 1),
+        "requests_per_s": round(1000 * batch / request_ms, 2),
+        "tokens": round(tokens, 2),
+    }
+
+
+def run_engines(model_dir: Path, export_dir: Path, args) -> dict[str, Any]:
+    import torch
+
+    from biomedgpt.serve.engine import load_engine
+
+    torch.set_num_threads(args.threads)
+    image = request_image()
+    probe = load_engine(export_dir, engine="onnxruntime", num_threads=args.threads)
+    prompt_len = len(probe.prepare(_task_request(image, 1)).prompt_ids)
+    del probe
+    rows: list[dict[str, Any]] = []
+    for name in args.engines:
+        print(f"# timing {name} ...", flush=True)
+        if name in ("ort_fp32", "ort_int8"):
+            rows += bench_ort(export_dir, name.split("_")[1], image, args.batch, args)
+        elif name == "torch":
+            rows += bench_torch(model_dir, image, args.batch, args)
+        elif name == "hf_bart":
+            rows += bench_hf(model_dir, prompt_len, args.batch, args)
+    ratios = {}
+    peer = {r["batch"]: r for r in rows if r["engine"] == "hf_bart"}
+    for r in rows:
+        if r["engine"] != "hf_bart" and r["batch"] in peer:
+            p = peer[r["batch"]]
+            ratios[f"{r['engine']}@{r['batch']}"] = {
+                "per_step": round(p["ms_per_step"] / r["ms_per_step"], 2),
+                "request": round(p["request_ms"] / r["request_ms"], 2),
+                "per_step_goal": PER_STEP_GOALS.get(r["engine"]),
+            }
+    return {"prompt_tokens": prompt_len, "rows": rows, "ratios_peer_over_ours": ratios}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Part 2: load test against `biomedgpt serve`
+# --------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` s on a thread; `mark()` starts a new window."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            kb = _rss_kb(self.pid)
+            if kb is not None:
+                self.samples.append(kb)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def window(self, start: int) -> dict[str, float]:
+        values = self.samples[start:] or [_rss_kb(self.pid) or 0]
+        return {
+            "start": round(values[0] / 1024, 1),
+            "peak": round(max(values) / 1024, 1),
+            "end": round(values[-1] / 1024, 1),
+            "samples": len(values),
+        }
+
+
+class Server:
+    """`biomedgpt serve` in a subprocess on a free loopback port; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, export_dir: Path, log_path: Path, *, threads: int, overrides: dict[str, Any]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        script = Path(sys.executable).with_name("biomedgpt")
+        launcher = (
+            [str(script)]
+            if script.is_file()
+            else [sys.executable, "-c", "import sys; from biomedgpt.cli import main; sys.exit(main())"]
+        )
+        settings = {"num_threads": threads, "log_level": "warning", **overrides}
+        self.command = [
+            *launcher,
+            "serve",
+            "--model",
+            str(export_dir),
+            "--engine",
+            "onnxruntime",
+            "--port",
+            str(self.port),
+            *(f"{k}={v}" for k, v in settings.items()),
+        ]
+        self.settings = settings
+        # Only the command line decides the settings: drop any BIOMEDGPT_SERVE_* / API key from the environment.
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("BIOMEDGPT_SERVE_") and k != "BIOMEDGPT_API_KEY"
+        }
+        self.env["TOKENIZERS_PARALLELISM"] = "false"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        import httpx
+
+        self._log = open(self.log_path, "wb")  # closed in __exit__
+        self.proc = subprocess.Popen(
+            self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+        )
+        started = time.perf_counter()
+        deadline = started + 180
+        with httpx.Client(trust_env=False, timeout=5) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self._tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/ready").status_code == 200:
+                        break
+                if time.perf_counter() > deadline:
+                    self.__exit__()
+                    raise TimeoutError(f"the server was not ready within 180 s:\n{self._tail()}")
+                time.sleep(0.2)
+        self.startup_s = time.perf_counter() - started
+        return self
+
+    def _tail(self) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def metrics(self) -> dict[str, float]:
+        """The batch-size histogram's sum and count from /metrics."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", trust_env=False, timeout=10).text
+        values = {}
+        for line in text.splitlines():
+            for name in ("biomedgpt_batch_size_sum", "biomedgpt_batch_size_count"):
+                if line.startswith(name + " "):
+                    values[name.rsplit("_", 1)[1]] = float(line.split()[1])
+        return values
+
+
+def _request_body(image_size: int, new_tokens: int) -> bytes:
+    buffer = io.BytesIO()
+    request_image(image_size).save(buffer, format="PNG")
+    return json.dumps(
+        {
+            "image": base64.b64encode(buffer.getvalue()).decode(),
+            "question": QUESTION,
+            "max_new_tokens": new_tokens,
+            "closed_set": False,
+        }
+    ).encode()
+
+
+async def _load(url: str, body: bytes, *, clients: int, duration: float | None, count: int | None):
+    """`clients` workers post back to back until `duration` s passed (or `count` requests each)."""
+    import httpx
+
+    latencies: list[float] = []
+    tokens: list[int] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, trust_env=False) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        end = started + (duration or 0)
+        finished = started
+
+        async def worker() -> None:
+            nonlocal finished
+            sent = 0
+            while (count is not None and sent < count) or (count is None and loop.time() < end):
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post("/v1/tasks/vqa", content=body, headers=headers)
+                except httpx.HTTPError as err:
+                    errors.append(f"{type(err).__name__}: {err}")
+                    continue
+                elapsed = time.perf_counter() - t0
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    continue
+                latencies.append(elapsed)
+                tokens.append(response.json()["usage"]["completion_tokens"])
+                finished = loop.time()
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, tokens, errors, max(finished - started, 1e-9)
+
+
+def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, duration: float) -> dict:
+    before = server.metrics()
+    window = len(sampler.samples)
+    latencies, tokens, errors, elapsed = asyncio.run(
+        _load(server.url, body, clients=clients, duration=duration, count=None)
+    )
+    after = server.metrics()
+    batches = after.get("count", 0) - before.get("count", 0)
+    served = after.get("sum", 0) - before.get("sum", 0)
+    ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
+    return {
+        "clients": clients,
+        "max_batch_size": server.settings["max_batch_size"],
+        "max_wait_ms": server.settings["max_wait_ms"],
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "seconds": round(elapsed, 2),
+        "requests_per_s": round(len(latencies) / elapsed, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "mean_batch": round(served / batches, 2) if batches else None,
+        "tokens_per_request": round(statistics.mean(tokens), 2) if tokens else None,
+        "rss_mb": sampler.window(window),
+    }
+
+
+def _warm_up(server: Server, body: bytes, clients: int) -> list[str]:
+    _, _, errors_one, _ = asyncio.run(_load(server.url, body, clients=1, duration=None, count=2))
+    _, _, errors_many, _ = asyncio.run(_load(server.url, body, clients=clients, duration=None, count=2))
+    return errors_one + errors_many
+
+
+def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
+    body = _request_body(512, args.load_new_tokens)
+    top = max(args.clients)
+    result: dict[str, Any] = {
+        "export": str(export_dir),
+        "request": {
+            "task": "vqa",
+            "image": "512x512 RGB PNG (base64 JSON)",
+            "body_bytes": len(body),
+            "max_new_tokens": args.load_new_tokens,
+            "closed_set": False,
+        },
+        "duration_s": args.duration,
+        "clients_in_process": True,
+        "servers": [],
+    }
+    configs = [
+        ("batching_on", {"max_batch_size": args.batch_on, "max_wait_ms": args.max_wait_ms}, args.clients),
+        ("batching_off", {"max_batch_size": 1, "max_wait_ms": 0}, [top]),
+    ]
+    for label, overrides, levels in configs:
+        print(f"# load test: {label} {overrides}, clients {levels}, {args.duration:g} s each ...", flush=True)
+        with Server(
+            export_dir, work / f"serve-{label}.log", threads=args.threads, overrides=overrides
+        ) as srv:
+            assert srv.proc is not None
+            with RssSampler(srv.proc.pid) as sampler:
+                ready_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
+                warm_errors = _warm_up(srv, body, top)
+                warm_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
+                rows = []
+                for clients in levels:
+                    rows.append(load_level(srv, sampler, body, clients, args.duration))
+                    r = rows[-1]
+                    print(
+                        f"#   {clients:>3} clients: {r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
+                        f"p99 {r['p99_ms']:.0f} ms, errors {r['errors']}",
+                        flush=True,
+                    )
+                end_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
+            result["servers"].append(
+                {
+                    "label": label,
+                    "command": " ".join(srv.command),
+                    "settings": srv.settings,
+                    "startup_s": round(srv.startup_s, 1),
+                    "warm_up_errors": len(warm_errors),
+                    "rss_mb": {"ready": ready_mb, "after_warm_up": warm_mb, "end": end_mb},
+                    "levels": rows,
+                }
+            )
+    on = next(r for r in result["servers"][0]["levels"] if r["clients"] == top)
+    off = result["servers"][1]["levels"][0]
+    result["batching"] = {
+        "clients": top,
+        "on_requests_per_s": on["requests_per_s"],
+        "off_requests_per_s": off["requests_per_s"],
+        "ratio_on_over_off": round(on["requests_per_s"] / off["requests_per_s"], 2)
+        if off["requests_per_s"]
+        else None,
+        "goal": BATCHING_GOAL,
+    }
+    result["errors"] = sum(r["errors"] for s in result["servers"] for r in s["levels"]) + sum(
+        s["warm_up_errors"] for s in result["servers"]
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------
+def print_engines(part: dict[str, Any], args) -> None:
+    print(
+        f"\n## Engines: {args.arch}, vocab {VOCAB_SIZE}, image {args.image_size}px, prompt "
+        f"{part['prompt_tokens']} tokens, {args.new_tokens} new tokens, greedy, median of {args.repeats}, "
+        f"{args.threads} threads (torch and ONNX Runtime)"
+    )
+    print(f"{'engine':<10} {'batch':>5} {'ms/step':>9} {'request ms':>11} {'req/s':>8} {'tokens':>7}")
+    for r in part["rows"]:
+        print(
+            f"{r['engine']:<10} {r['batch']:>5} {r['ms_per_step']:>9.2f} {r['request_ms']:>11.1f} "
+            f"{r['requests_per_s']:>8.2f} {r['tokens']:>7.1f}"
+        )
+    print("\nHF BART / ours (> 1: ours faster)")
+    print(f"{'engine@batch':<14} {'per step':>9} {'request':>9}  goal (per step)")
+    for key, ratio in part["ratios_peer_over_ours"].items():
+        goal = ratio["per_step_goal"]
+        verdict = "" if goal is None else f">= {goal:g}x: {'met' if ratio['per_step'] >= goal else 'NOT met'}"
+        print(f"{key:<14} {ratio['per_step']:>8.2f}x {ratio['request']:>8.2f}x  {verdict}")
+
+
+def print_load(part: dict[str, Any], args) -> None:
+    print(
+        f"\n## Load test: biomedgpt serve, ONNX Runtime fp32, {args.load_size} export, {args.threads} threads, "
+        f"VQA max_new_tokens={args.load_new_tokens}, {args.duration:g} s per level, clients in this process"
+    )
+    print(
+        f"{'server':<13} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'n':>6} {'errors':>6} "
+        f"{'batch':>6} {'RSS MB start/peak/end':>23}"
+    )
+    for server in part["servers"]:
+        for r in server["levels"]:
+            rss = r["rss_mb"]
+            mean_batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
+            print(
+                f"{server['label']:<13} {r['clients']:>7} {r['requests_per_s']:>8.2f} {r['p50_ms']:>8.0f} "
+                f"{r['p99_ms']:>8.0f} {r['requests']:>6} {r['errors']:>6} {mean_batch:>6} "
+                f"{rss['start']:>7.0f}/{rss['peak']:.0f}/{rss['end']:.0f}"
+            )
+        rss = server["rss_mb"]
+        print(
+            f"{'':<13} RSS {server['label']}: ready {rss['ready']:.0f} MB, after warm-up {rss['after_warm_up']:.0f} "
+            f"MB, end {rss['end']:.0f} MB; settings {server['settings']}"
+        )
+    b = part["batching"]
+    ratio = b["ratio_on_over_off"]
+    verdict = "n/a" if ratio is None else ("met" if ratio >= b["goal"] else "NOT met")
+    print(
+        f"\nbatching at {b['clients']} clients: on {b['on_requests_per_s']:.2f} req/s / off "
+        f"{b['off_requests_per_s']:.2f} req/s = {ratio}x (goal >= {b['goal']:g}x: {verdict}); "
+        f"errors in total: {part['errors']}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 64 px, few iterations")
+    parser.add_argument("--arch", default=None, help="model size of the engine comparison (default small)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 256 (64 with --quick)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens (default 32; 8 quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 2 quick)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    parser.add_argument(
+        "--engines", nargs="+", default=["ort_fp32", "ort_int8", "torch", "hf_bart"], help="engines to time"
+    )
+    parser.add_argument(
+        "--load-size", default=None, help="model size served in the load test (default --arch)"
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per level (default 20; 3 quick)"
+    )
+    parser.add_argument(
+        "--load-new-tokens", type=int, default=16, help="max_new_tokens of load-test requests"
+    )
+    parser.add_argument("--batch-on", type=int, default=32, help="max_batch_size with batching on")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="max_wait_ms with batching on")
+    parser.add_argument("--skip-engines", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "bench_serve")
+    parser.add_argument("--no-cache", action="store_true", help="export into a temporary folder")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    quick = args.quick
+    args.arch = args.arch or ("tiny" if quick else "small")
+    args.image_size = args.image_size or (64 if quick else 256)
+    args.new_tokens = args.new_tokens or (8 if quick else 32)
+    args.repeats = args.repeats or (2 if quick else 5)
+    args.duration = args.duration or (3.0 if quick else 20.0)
+    args.load_size = args.load_size or args.arch
+    if quick:
+        args.load_new_tokens = min(args.load_new_tokens, 8)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    info = machine_info(("torch", "transformers", "onnxruntime", "onnx", "numpy", "httpx", "uvicorn"))
+    print(
+        f"# {info['cpu']}, {info['logical_cpus']} logical CPUs ({info['usable_cpus']} usable), load average "
+        f"{info['load_average']} at start; threads: torch {torch.get_num_threads()}, ONNX Runtime "
+        f"{args.threads} (intra-op; inter-op 1), server num_threads={args.threads}"
+    )
+    print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", python {info['python']}")
+    results: dict[str, Any] = {
+        "machine": info,
+        "threads": args.threads,
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out",)
+        },
+    }
+    started = time.perf_counter()
+    cache = None if args.no_cache else args.cache_dir
+    with tempfile.TemporaryDirectory(prefix="bench_serve.") as scratch:
+        work = Path(scratch)
+        model_dir, export_dir, reused = prepare_model(args.arch, args.image_size, cache, work)
+        results["export_cached"] = reused
+        if not args.skip_engines:
+            results["engines"] = run_engines(model_dir, export_dir, args)
+            print_engines(results["engines"], args)
+        if not args.skip_load:
+            if args.load_size != args.arch:
+                _, export_dir, _ = prepare_model(args.load_size, args.image_size, cache, work)
+            results["load"] = run_load(export_dir, work, args)
+            print_load(results["load"], args)
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\n# {results['seconds']:.0f} s; load average at end {results['load_average_end']}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"# wrote {args.out}")
+    if results.get("load", {}).get("errors"):
+        print("error: the load test saw failed requests (see error_examples in the JSON)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
