@@ -12,7 +12,7 @@ FFN and vocabulary (`_common.bart_peer`, as in bench_generate.py); its source le
   (`min_new_tokens`); per step = (time for N tokens - time for 1 token) / (N - 1), median of `--repeats` after
   a warm-up (`_common.per_step_ms`). ORT: the serving loop (`biomedgpt.serve.decoding.decode` around
   `OrtDecoderStep`); torch: `biomedgpt.model.generation.decode`; HF: `generate(encoder_outputs=...)`.
-- whole request: B identical VQA requests (a 512x512 RGB image, one question, `max_new_tokens` N,
+- whole request: B identical VQA requests (a 512x512 grayscale image, one question, `max_new_tokens` N,
   closed_set off) through `engine.prepare` + `engine.run`: image preprocessing, prompt building, encoder
   (ResNet stem included), N greedy steps and postprocessing. HF: `generate(input_ids=...)`, i.e. its encoder
   and N steps only (no image stem, no pre/post-processing: the comparison favours the peer).
@@ -23,17 +23,20 @@ Part 2, load test: a real `biomedgpt serve` subprocess (ONNX Runtime fp32, the `
 `num_threads=--threads`) on 127.0.0.1; asyncio clients (httpx, one keep-alive connection each, in this
 process, so on the same cores) send `POST /v1/tasks/vqa` (JSON, base64 PNG, `max_new_tokens` =
 `--load-new-tokens`) back to back for `--duration` s per level. Per level: throughput, p50/p99 latency, errors
-(non-200 or transport errors: must be 0), mean batch size (from /metrics) and the server's VmRSS sampled every
-0.25 s (start/peak/end). Levels 1, 8, 32 clients run with batching on (`max_batch_size=--batch-on`,
-`max_wait_ms=--max-wait-ms`); then 32 clients against a server with batching off (`max_batch_size=1`,
-`max_wait_ms=0`); the report gives on/off throughput.
+(non-200 or transport errors: must be 0; the script exits 1 otherwise), mean batch size (from /metrics), the
+means of the responses' `timing_ms` (prepare / queue / inference) and the server's VmRSS sampled every 0.25 s
+(start/peak/end of each level, after a warm-up burst). Levels 1, 8, 32 clients run with batching on
+(`max_batch_size=--batch-on` 32, `max_wait_ms=--max-wait-ms` 10); then 32 clients against a second server with
+batching off (`max_batch_size=1`, `max_wait_ms=0`); the report gives the on/off throughput ratio.
 
 Exports are cached under .cache/bench_serve/ (keyed by arch, sizes, seed, library versions and the model/export
-sources), so only the first run pays for them. Weights are random: speed does not depend on them.
+sources), so only the first run pays for them (about 1-2 min each). Weights are random: speed does not depend
+on them. The CPU model, thread counts, versions and the load average at start and end are printed: figures
+from a busy machine are not comparable.
 
-    python benchmarks/bench_serve.py                    # small, batch 1 and 8, load test of the small export
-    python benchmarks/bench_serve.py --quick            # smoke run: tiny model, few iterations (< 60 s cached)
-    python benchmarks/bench_serve.py --load-size tiny --out results.json
+    python benchmarks/bench_serve.py --out results.json   # small, batch 1 and 8, 32 steps; load test of small
+    python benchmarks/bench_serve.py --quick              # smoke run: tiny, 64 px, 8 steps, 2 s levels
+    python benchmarks/bench_serve.py --load-size tiny     # a faster load test (tiny export)
 """
 
 from __future__ import annotations
@@ -61,10 +64,12 @@ import numpy as np
 from _common import bart_peer, machine_info, per_step_ms, timed
 
 REPO = Path(__file__).resolve().parent.parent
+STARTED = time.perf_counter()
 QUESTION = "what abnormality is seen in the left lung?"
 VOCAB_SIZE = 32768
 SEED = 0
 
+ENGINES = ("ort_fp32", "ort_int8", "torch", "hf_bart")
 PER_STEP_GOALS = {"ort_fp32": 1.5, "ort_int8": 3.0}  # HF ms/step / ours ms/step, batch 1 and 8
 BATCHING_GOAL = 3.0  # throughput at 32 clients, batching on / off
 
@@ -72,9 +77,20 @@ BATCHING_GOAL = 3.0  # throughput at 32 clients, batching on / off
 # --------------------------------------------------------------------------------------------------------
 # Model folders and exports
 # --------------------------------------------------------------------------------------------------------
-def _cache_key(arch: str, image_size: int) -> str:
-    from importlib.metadata import version
+def progress(message: str) -> None:
+    print(f"# [{time.perf_counter() - STARTED:5.0f} s] {message}", flush=True)
 
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _cache_key(arch: str, image_size: int) -> str:
     from biomedgpt import __version__
     from biomedgpt.tokenization.paths import default_tokenizer_dir
 
@@ -86,7 +102,7 @@ def _cache_key(arch: str, image_size: int) -> str:
         "seed": SEED,
         "eos_zeroed": True,
         "biomedgpt": __version__,
-        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "transformers")},
+        "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "transformers")},
     }
     digest.update(json.dumps(meta, sort_keys=True).encode())
     sources = sorted((REPO / "biomedgpt" / "model").glob("*.py")) + sorted(
@@ -137,7 +153,7 @@ def prepare_model(
         shutil.rmtree(root)
     model_dir.mkdir(parents=True)
     started = time.perf_counter()
-    print(f"# building and exporting the {arch} model ({image_size}px) into {root} ...", flush=True)
+    progress(f"building and exporting the {arch} model ({image_size}px) into {root} ...")
     write_model_folder(model_dir, arch, image_size)
     from biomedgpt.export.onnx_export import ExportOptions, export_checkpoint
     from biomedgpt.export.quantize import quantize_graphs
@@ -146,32 +162,42 @@ def prepare_model(
         export_checkpoint(model_dir, export_dir, ExportOptions(overwrite=True))
         quantize_graphs(export_dir)
     done.write_text(f"{time.perf_counter() - started:.1f} s\n")
-    print(f"# export done in {time.perf_counter() - started:.0f} s", flush=True)
+    progress(f"export done in {time.perf_counter() - started:.0f} s")
     return model_dir, export_dir, False
 
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the exporter's and quantizer's progress chatter (warnings and INFO logs), not errors."""
+    """Hold back the exporter's and quantizer's chatter (warnings, logs, progress); shown only on failure."""
     import logging
     import warnings
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    captured = io.StringIO()
+    logging.disable(logging.WARNING)  # torch.onnx's loggers hold their own stderr handlers
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(captured),
+            contextlib.redirect_stderr(captured),
+        ):
             warnings.simplefilter("ignore")
             yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue()[-20000:])
+        raise
     finally:
-        root.setLevel(level)
+        logging.disable(logging.NOTSET)
 
 
 def request_image(size: int = 512):
+    """A synthetic grayscale scan: smooth shading plus mild noise, so its PNG is as large as a real one's
+    (about 160 KB at 512 px; pure noise would be 1 MB and time base64/PNG decoding more than the model)."""
     from PIL import Image
 
-    pixels = np.random.default_rng(SEED).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    y, x = np.mgrid[0:size, 0:size] / size
+    shade = 0.5 + 0.25 * np.sin(6 * x) * np.cos(4 * y) - 0.8 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
+    noise = np.random.default_rng(SEED).normal(0.0, 0.02, (size, size))
+    return Image.fromarray((np.clip(shade + noise, 0, 1) * 255).astype(np.uint8), "L")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -235,7 +261,8 @@ def bench_torch(model_dir: Path, image, batches, args) -> list[dict[str, Any]]:
     from biomedgpt.model.generation import DecodeOptions, decode
     from biomedgpt.serve.engine import load_engine
 
-    engine = load_engine(model_dir, engine="torch", num_threads=args.threads)
+    with _quiet():  # transformers' weight-loading progress bar
+        engine = load_engine(model_dir, engine="torch", num_threads=args.threads)
     model = engine.model
     rows = []
     for batch in batches:
@@ -322,7 +349,7 @@ def run_engines(model_dir: Path, export_dir: Path, args) -> dict[str, Any]:
     del probe
     rows: list[dict[str, Any]] = []
     for name in args.engines:
-        print(f"# timing {name} ...", flush=True)
+        progress(f"timing {name} ...")
         if name in ("ort_fp32", "ort_int8"):
             rows += bench_ort(export_dir, name.split("_")[1], image, args.batch, args)
         elif name == "torch":
@@ -500,6 +527,7 @@ async def _load(url: str, body: bytes, *, clients: int, duration: float | None, 
 
     latencies: list[float] = []
     tokens: list[int] = []
+    server_ms: list[dict[str, float]] = []  # the responses' timing_ms: prepare, queue, inference, total
     errors: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"content-type": "application/json"}
@@ -525,17 +553,19 @@ async def _load(url: str, body: bytes, *, clients: int, duration: float | None, 
                     errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
                     continue
                 latencies.append(elapsed)
-                tokens.append(response.json()["usage"]["completion_tokens"])
+                answer = response.json()
+                tokens.append(answer["usage"]["completion_tokens"])
+                server_ms.append(answer.get("timing_ms", {}))
                 finished = loop.time()
 
         await asyncio.gather(*(worker() for _ in range(clients)))
-    return latencies, tokens, errors, max(finished - started, 1e-9)
+    return latencies, tokens, server_ms, errors, max(finished - started, 1e-9)
 
 
 def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, duration: float) -> dict:
     before = server.metrics()
     window = len(sampler.samples)
-    latencies, tokens, errors, elapsed = asyncio.run(
+    latencies, tokens, server_ms, errors, elapsed = asyncio.run(
         _load(server.url, body, clients=clients, duration=duration, count=None)
     )
     after = server.metrics()
@@ -555,13 +585,18 @@ def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, d
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "mean_batch": round(served / batches, 2) if batches else None,
         "tokens_per_request": round(statistics.mean(tokens), 2) if tokens else None,
+        "server_timing_ms_mean": {
+            key: round(statistics.mean(t[key] for t in server_ms), 1)
+            for key in ("prepare", "queue", "inference", "total")
+            if server_ms and all(key in t for t in server_ms)
+        },
         "rss_mb": sampler.window(window),
     }
 
 
 def _warm_up(server: Server, body: bytes, clients: int) -> list[str]:
-    _, _, errors_one, _ = asyncio.run(_load(server.url, body, clients=1, duration=None, count=2))
-    _, _, errors_many, _ = asyncio.run(_load(server.url, body, clients=clients, duration=None, count=2))
+    *_, errors_one, _ = asyncio.run(_load(server.url, body, clients=1, duration=None, count=2))
+    *_, errors_many, _ = asyncio.run(_load(server.url, body, clients=clients, duration=None, count=2))
     return errors_one + errors_many
 
 
@@ -572,7 +607,7 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
         "export": str(export_dir),
         "request": {
             "task": "vqa",
-            "image": "512x512 RGB PNG (base64 JSON)",
+            "image": "512x512 grayscale PNG, base64 in JSON",
             "body_bytes": len(body),
             "max_new_tokens": args.load_new_tokens,
             "closed_set": False,
@@ -586,11 +621,12 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
         ("batching_off", {"max_batch_size": 1, "max_wait_ms": 0}, [top]),
     ]
     for label, overrides, levels in configs:
-        print(f"# load test: {label} {overrides}, clients {levels}, {args.duration:g} s each ...", flush=True)
+        progress(f"load test: {label} {overrides}, clients {levels}, {args.duration:g} s each ...")
         with Server(
             export_dir, work / f"serve-{label}.log", threads=args.threads, overrides=overrides
         ) as srv:
             assert srv.proc is not None
+            progress(f"  server pid {srv.proc.pid} ready in {srv.startup_s:.1f} s on {srv.url}")
             with RssSampler(srv.proc.pid) as sampler:
                 ready_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
                 warm_errors = _warm_up(srv, body, top)
@@ -599,10 +635,9 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
                 for clients in levels:
                     rows.append(load_level(srv, sampler, body, clients, args.duration))
                     r = rows[-1]
-                    print(
-                        f"#   {clients:>3} clients: {r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
-                        f"p99 {r['p99_ms']:.0f} ms, errors {r['errors']}",
-                        flush=True,
+                    progress(
+                        f"  {clients:>3} clients: {r['requests_per_s']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, "
+                        f"p99 {r['p99_ms']:.0f} ms, errors {r['errors']}"
                     )
                 end_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
             result["servers"].append(
@@ -659,26 +694,36 @@ def print_engines(part: dict[str, Any], args) -> None:
 def print_load(part: dict[str, Any], args) -> None:
     print(
         f"\n## Load test: biomedgpt serve, ONNX Runtime fp32, {args.load_size} export, {args.threads} threads, "
-        f"VQA max_new_tokens={args.load_new_tokens}, {args.duration:g} s per level, clients in this process"
+        f"VQA max_new_tokens={args.load_new_tokens}, {part['request']['body_bytes'] // 1024} KB JSON bodies "
+        f"(512 px grayscale PNG), {args.duration:g} s per level, asyncio clients in this process"
     )
     print(
         f"{'server':<13} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'n':>6} {'errors':>6} "
-        f"{'batch':>6} {'RSS MB start/peak/end':>23}"
+        f"{'batch':>6} {'RSS MB start/peak/end':>22}  {'server ms prep/queue/infer':>26}"
     )
     for server in part["servers"]:
         for r in server["levels"]:
             rss = r["rss_mb"]
             mean_batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
+            rss_text = f"{rss['start']:.0f}/{rss['peak']:.0f}/{rss['end']:.0f}"
+            timing = r["server_timing_ms_mean"]
+            timing_text = "/".join(
+                f"{timing[k]:.0f}" for k in ("prepare", "queue", "inference") if k in timing
+            )
             print(
                 f"{server['label']:<13} {r['clients']:>7} {r['requests_per_s']:>8.2f} {r['p50_ms']:>8.0f} "
                 f"{r['p99_ms']:>8.0f} {r['requests']:>6} {r['errors']:>6} {mean_batch:>6} "
-                f"{rss['start']:>7.0f}/{rss['peak']:.0f}/{rss['end']:.0f}"
+                f"{rss_text:>22}  {timing_text or '-':>26}"
             )
         rss = server["rss_mb"]
         print(
             f"{'':<13} RSS {server['label']}: ready {rss['ready']:.0f} MB, after warm-up {rss['after_warm_up']:.0f} "
             f"MB, end {rss['end']:.0f} MB; settings {server['settings']}"
         )
+    print(
+        "(n: answered requests; batch: mean requests per engine call, from /metrics; server ms: means of the "
+        "responses' timing_ms)"
+    )
     b = part["batching"]
     ratio = b["ratio_on_over_off"]
     verdict = "n/a" if ratio is None else ("met" if ratio >= b["goal"] else "NOT met")
@@ -687,6 +732,20 @@ def print_load(part: dict[str, Any], args) -> None:
         f"{b['off_requests_per_s']:.2f} req/s = {ratio}x (goal >= {b['goal']:g}x: {verdict}); "
         f"errors in total: {part['errors']}"
     )
+
+
+def _warn_if_busy(cpus: int | None, threads: int) -> bool:
+    """Warn when other processes hold the cores: torch's thread team then waits on descheduled threads and
+    per-step times grow many-fold (seen: HF BART tiny 5 ms/step idle, 70 ms/step at load 3.5 on 2 cores)."""
+    load = os.getloadavg()[0]
+    if cpus and load > 0.5:
+        print(
+            f"# WARNING: 1-minute load average {load:.2f} at start on {cpus} CPUs: other processes are running; "
+            f"figures with {threads} threads are not representative (rerun on an idle machine)",
+            flush=True,
+        )
+        return True
+    return False
 
 
 def main() -> int:
@@ -701,14 +760,18 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 2 quick)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
     parser.add_argument(
-        "--engines", nargs="+", default=["ort_fp32", "ort_int8", "torch", "hf_bart"], help="engines to time"
+        "--engines",
+        nargs="+",
+        choices=ENGINES,
+        default=list(ENGINES),
+        help="engines to time (default: all)",
     )
     parser.add_argument(
         "--load-size", default=None, help="model size served in the load test (default --arch)"
     )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
-        "--duration", type=float, default=None, help="seconds per level (default 20; 3 quick)"
+        "--duration", type=float, default=None, help="seconds per level (default 20; 2 quick)"
     )
     parser.add_argument(
         "--load-new-tokens", type=int, default=16, help="max_new_tokens of load-test requests"
@@ -726,7 +789,7 @@ def main() -> int:
     args.image_size = args.image_size or (64 if quick else 256)
     args.new_tokens = args.new_tokens or (8 if quick else 32)
     args.repeats = args.repeats or (2 if quick else 5)
-    args.duration = args.duration or (3.0 if quick else 20.0)
+    args.duration = args.duration or (2.0 if quick else 20.0)
     args.load_size = args.load_size or args.arch
     if quick:
         args.load_new_tokens = min(args.load_new_tokens, 8)
@@ -742,6 +805,7 @@ def main() -> int:
         f"{args.threads} (intra-op; inter-op 1), server num_threads={args.threads}"
     )
     print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", python {info['python']}")
+    busy = _warn_if_busy(info["usable_cpus"], args.threads)
     results: dict[str, Any] = {
         "machine": info,
         "threads": args.threads,
@@ -765,7 +829,11 @@ def main() -> int:
             print_load(results["load"], args)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.perf_counter() - started, 1)
-    print(f"\n# {results['seconds']:.0f} s; load average at end {results['load_average_end']}")
+    results["busy_at_start"] = busy
+    print(
+        f"\n# {results['seconds']:.0f} s; load average at end {results['load_average_end']} "
+        "(this benchmark's own load included)"
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"# wrote {args.out}")

@@ -32,6 +32,9 @@ class DataConfig:
     """Samples held in the in-memory shuffle buffer; 0 turns sample shuffling off."""
     seed: int = 0
     """Seed of shard and sample shuffling."""
+    augment: bool = False
+    """Training images get mild random crops (tasks without positions in their targets) and intensity jitter
+    (`biomedgpt/data/augment.py`); never flips. Validation and evaluation images are never augmented."""
     resampled: bool = False
     """Draw shards with replacement, endlessly (multi-node training); pair it with epoch_samples."""
     epoch_samples: int | None = None

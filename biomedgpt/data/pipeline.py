@@ -308,12 +308,15 @@ class Formatter:
         training: bool,
         seed: int,
         counter: SkipCounter,
+        augment: bool = False,
     ) -> None:
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
         self.tokenizer, self.image_size = tokenizer, image_size
         self.max_prompt_tokens, self.max_target_tokens = max_prompt_tokens, max_target_tokens
         self.prompt_mode, self.training, self.seed, self.counter = prompt_mode, training, seed, counter
+        self.augment = augment and training
+        self._views: dict[str, int] = {}  # how often each sample was augmented: a new view every time
 
     def __call__(self, samples: Iterable[Sample], *, epoch: int = 0) -> Iterator[dict[str, Any]]:
         for sample in samples:
@@ -341,7 +344,14 @@ class Formatter:
             raise TargetTooLongError(f"{len(target_ids)} target tokens > {self.max_target_tokens}")
         image = None
         if sample.image is not None and task.needs_image:
-            image = resize_square(to_uint8(sample.image), self.image_size)  # normalized in collate
+            image = to_uint8(sample.image)
+            if self.augment:
+                from biomedgpt.data.augment import augment
+
+                # A resampled stream repeats samples within one epoch: the view count keeps each repeat new.
+                view = self._views[sample.key] = self._views.get(sample.key, 0) + 1
+                image = augment(image, sample.task, random.Random(f"{self.seed}/{epoch}/{sample.key}/{view}"))
+            image = resize_square(image, self.image_size)  # normalized in collate
         orig_size = None if sample.image is None else (int(sample.image.shape[1]), int(sample.image.shape[0]))
         return {
             "key": sample.key,
@@ -520,6 +530,7 @@ def build_dataset(
         training=training,
         seed=cfg.seed,
         counter=counter,
+        augment=cfg.augment,
     )
     collator = Collator(pad_token_id=layout_of(tokenizer).pad_id, image_size=image_size) if batched else None
     return StreamingDataset(
