@@ -19,15 +19,15 @@ FFN and vocabulary (`_common.bart_peer`, as in bench_generate.py); its source le
   The model's eos embedding row is zeroed so greedy decoding never stops early: every request really
   decodes N tokens (checked: `tokens` in the table).
 
-Part 2, load test: a real `biomedgpt serve` subprocess (ONNX Runtime fp32, the `--load-size` export,
-`num_threads=--threads`) on 127.0.0.1; asyncio clients (httpx, one keep-alive connection each, in this
-process, so on the same cores) send `POST /v1/tasks/vqa` (JSON, base64 PNG, `max_new_tokens` =
+Part 2, load test: a real `biomedgpt serve` subprocess (ONNX Runtime, fp32 unless `--load-precision int8`,
+the `--load-size` export, `num_threads=--threads`) on 127.0.0.1; asyncio clients (httpx, one keep-alive
+connection each, in this process, so on the same cores) send `POST /v1/tasks/vqa` (JSON, base64 PNG, `max_new_tokens` =
 `--load-new-tokens`) back to back for `--duration` s per level. Per level: throughput, p50/p99 latency, errors
 (non-200 or transport errors: must be 0; the script exits 1 otherwise), mean batch size (from /metrics), the
 means of the responses' `timing_ms` (prepare / queue / inference) and the server's VmRSS sampled every 0.25 s
-(start/peak/end of each level, after a warm-up burst). Levels 1, 8, 32 clients run with batching on
-(`max_batch_size=--batch-on` 32, `max_wait_ms=--max-wait-ms` 10); then 32 clients against a second server with
-batching off (`max_batch_size=1`, `max_wait_ms=0`); the report gives the on/off throughput ratio.
+(start/peak/end of each level, after `--warmup` s at the most clients). Levels 1, 8, 32 clients run with
+batching on (`max_batch_size=--batch-on` 32, `max_wait_ms=--max-wait-ms` 10); then 32 clients against a second
+server with batching off (`max_batch_size=1`, `max_wait_ms=0`); the report gives the on/off throughput ratio.
 
 Exports are cached under .cache/bench_serve/ (keyed by arch, sizes, seed, library versions and the model/export
 sources), so only the first run pays for them (about 1-2 min each). Weights are random: speed does not depend
@@ -426,7 +426,9 @@ class RssSampler:
 class Server:
     """`biomedgpt serve` in a subprocess on a free loopback port; stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, export_dir: Path, log_path: Path, *, threads: int, overrides: dict[str, Any]) -> None:
+    def __init__(
+        self, export_dir: Path, log_path: Path, *, threads: int, precision: str, overrides: dict[str, Any]
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -436,7 +438,7 @@ class Server:
             if script.is_file()
             else [sys.executable, "-c", "import sys; from biomedgpt.cli import main; sys.exit(main())"]
         )
-        settings = {"num_threads": threads, "log_level": "warning", **overrides}
+        settings = {"num_threads": threads, "precision": precision, "log_level": "warning", **overrides}
         self.command = [
             *launcher,
             "serve",
@@ -496,15 +498,17 @@ class Server:
         self._log.close()
 
     def metrics(self) -> dict[str, float]:
-        """The batch-size histogram's sum and count from /metrics."""
+        """The batch-size histogram from /metrics: "sum", "count" and "le=<bound>" (cumulative buckets)."""
         import httpx
 
         text = httpx.get(f"{self.url}/metrics", trust_env=False, timeout=10).text
         values = {}
         for line in text.splitlines():
-            for name in ("biomedgpt_batch_size_sum", "biomedgpt_batch_size_count"):
-                if line.startswith(name + " "):
-                    values[name.rsplit("_", 1)[1]] = float(line.split()[1])
+            name, _, value = line.rpartition(" ")
+            if name in ("biomedgpt_batch_size_sum", "biomedgpt_batch_size_count"):
+                values[name.rsplit("_", 1)[1]] = float(value)
+            elif name.startswith('biomedgpt_batch_size_bucket{le="'):
+                values["le=" + name.split('"')[1]] = float(value)
         return values
 
 
@@ -571,6 +575,11 @@ def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, d
     after = server.metrics()
     batches = after.get("count", 0) - before.get("count", 0)
     served = after.get("sum", 0) - before.get("sum", 0)
+    # The largest batch of this level lies in the first (cumulative) bucket that holds all its batches.
+    bounds = sorted((float(k[3:]), k) for k in after if k.startswith("le="))
+    largest = next(
+        (bound for bound, key in bounds if batches and after[key] - before.get(key, 0) >= batches), None
+    )
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return {
         "clients": clients,
@@ -584,6 +593,7 @@ def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, d
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "mean_batch": round(served / batches, 2) if batches else None,
+        "largest_batch_at_most": largest,
         "tokens_per_request": round(statistics.mean(tokens), 2) if tokens else None,
         "server_timing_ms_mean": {
             key: round(statistics.mean(t[key] for t in server_ms), 1)
@@ -594,9 +604,11 @@ def load_level(server: Server, sampler: RssSampler, body: bytes, clients: int, d
     }
 
 
-def _warm_up(server: Server, body: bytes, clients: int) -> list[str]:
+def _warm_up(server: Server, body: bytes, clients: int, seconds: float) -> list[str]:
+    """Two lone requests, then `seconds` at `clients`: the engine's memory arenas reach the largest batch
+    before RSS is judged."""
     *_, errors_one, _ = asyncio.run(_load(server.url, body, clients=1, duration=None, count=2))
-    *_, errors_many, _ = asyncio.run(_load(server.url, body, clients=clients, duration=None, count=2))
+    *_, errors_many, _ = asyncio.run(_load(server.url, body, clients=clients, duration=seconds, count=None))
     return errors_one + errors_many
 
 
@@ -613,6 +625,7 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
             "closed_set": False,
         },
         "duration_s": args.duration,
+        "warm_up_s": args.warmup,
         "clients_in_process": True,
         "servers": [],
     }
@@ -623,13 +636,17 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
     for label, overrides, levels in configs:
         progress(f"load test: {label} {overrides}, clients {levels}, {args.duration:g} s each ...")
         with Server(
-            export_dir, work / f"serve-{label}.log", threads=args.threads, overrides=overrides
+            export_dir,
+            work / f"serve-{label}.log",
+            threads=args.threads,
+            precision=args.load_precision,
+            overrides=overrides,
         ) as srv:
             assert srv.proc is not None
             progress(f"  server pid {srv.proc.pid} ready in {srv.startup_s:.1f} s on {srv.url}")
             with RssSampler(srv.proc.pid) as sampler:
                 ready_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
-                warm_errors = _warm_up(srv, body, top)
+                warm_errors = _warm_up(srv, body, top, args.warmup)
                 warm_mb = round((_rss_kb(srv.proc.pid) or 0) / 1024, 1)
                 rows = []
                 for clients in levels:
@@ -693,18 +710,20 @@ def print_engines(part: dict[str, Any], args) -> None:
 
 def print_load(part: dict[str, Any], args) -> None:
     print(
-        f"\n## Load test: biomedgpt serve, ONNX Runtime fp32, {args.load_size} export, {args.threads} threads, "
+        f"\n## Load test: biomedgpt serve, ONNX Runtime {args.load_precision}, {args.load_size} export, {args.threads} threads, "
         f"VQA max_new_tokens={args.load_new_tokens}, {part['request']['body_bytes'] // 1024} KB JSON bodies "
         f"(512 px grayscale PNG), {args.duration:g} s per level, asyncio clients in this process"
     )
     print(
         f"{'server':<13} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'n':>6} {'errors':>6} "
-        f"{'batch':>6} {'RSS MB start/peak/end':>22}  {'server ms prep/queue/infer':>26}"
+        f"{'batch':>9} {'RSS MB start/peak/end':>22}  {'server ms prep/queue/infer':>26}"
     )
     for server in part["servers"]:
         for r in server["levels"]:
             rss = r["rss_mb"]
             mean_batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
+            if r["largest_batch_at_most"] is not None:
+                mean_batch += f"/{r['largest_batch_at_most']:.0f}"
             rss_text = f"{rss['start']:.0f}/{rss['peak']:.0f}/{rss['end']:.0f}"
             timing = r["server_timing_ms_mean"]
             timing_text = "/".join(
@@ -712,7 +731,7 @@ def print_load(part: dict[str, Any], args) -> None:
             )
             print(
                 f"{server['label']:<13} {r['clients']:>7} {r['requests_per_s']:>8.2f} {r['p50_ms']:>8.0f} "
-                f"{r['p99_ms']:>8.0f} {r['requests']:>6} {r['errors']:>6} {mean_batch:>6} "
+                f"{r['p99_ms']:>8.0f} {r['requests']:>6} {r['errors']:>6} {mean_batch:>9} "
                 f"{rss_text:>22}  {timing_text or '-':>26}"
             )
         rss = server["rss_mb"]
@@ -721,8 +740,8 @@ def print_load(part: dict[str, Any], args) -> None:
             f"MB, end {rss['end']:.0f} MB; settings {server['settings']}"
         )
     print(
-        "(n: answered requests; batch: mean requests per engine call, from /metrics; server ms: means of the "
-        "responses' timing_ms)"
+        "(n: answered requests; batch: mean/largest requests per engine call, from /metrics (largest as the "
+        "histogram bucket bound); server ms: means of the responses' timing_ms)"
     )
     b = part["batching"]
     ratio = b["ratio_on_over_off"]
@@ -734,18 +753,34 @@ def print_load(part: dict[str, Any], args) -> None:
     )
 
 
-def _warn_if_busy(cpus: int | None, threads: int) -> bool:
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Fraction of all CPUs' time spent outside idle/iowait over `seconds` (from /proc/stat)."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = read()
+        time.sleep(seconds)
+        total1, idle1 = read()
+    except (OSError, IndexError, ValueError):
+        return None
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def _warn_if_busy(threads: int) -> float | None:
     """Warn when other processes hold the cores: torch's thread team then waits on descheduled threads and
     per-step times grow many-fold (seen: HF BART tiny 5 ms/step idle, 70 ms/step at load 3.5 on 2 cores)."""
-    load = os.getloadavg()[0]
-    if cpus and load > 0.5:
+    busy = cpu_busy()
+    if busy is not None and busy > 0.15:
         print(
-            f"# WARNING: 1-minute load average {load:.2f} at start on {cpus} CPUs: other processes are running; "
+            f"# WARNING: the CPUs were {100 * busy:.0f}% busy before the start: other processes are running; "
             f"figures with {threads} threads are not representative (rerun on an idle machine)",
             flush=True,
         )
-        return True
-    return False
+    return busy
 
 
 def main() -> int:
@@ -769,9 +804,18 @@ def main() -> int:
     parser.add_argument(
         "--load-size", default=None, help="model size served in the load test (default --arch)"
     )
+    parser.add_argument(
+        "--load-precision", choices=("fp32", "int8"), default="fp32", help="graphs the load-test server runs"
+    )
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--duration", type=float, default=None, help="seconds per level (default 20; 2 quick)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of warm-up at the most clients (default 10; 1 quick)",
     )
     parser.add_argument(
         "--load-new-tokens", type=int, default=16, help="max_new_tokens of load-test requests"
@@ -790,6 +834,7 @@ def main() -> int:
     args.new_tokens = args.new_tokens or (8 if quick else 32)
     args.repeats = args.repeats or (2 if quick else 5)
     args.duration = args.duration or (2.0 if quick else 20.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 10.0)
     args.load_size = args.load_size or args.arch
     if quick:
         args.load_new_tokens = min(args.load_new_tokens, 8)
@@ -805,7 +850,7 @@ def main() -> int:
         f"{args.threads} (intra-op; inter-op 1), server num_threads={args.threads}"
     )
     print("# " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f", python {info['python']}")
-    busy = _warn_if_busy(info["usable_cpus"], args.threads)
+    busy = _warn_if_busy(args.threads)
     results: dict[str, Any] = {
         "machine": info,
         "threads": args.threads,
@@ -829,7 +874,7 @@ def main() -> int:
             print_load(results["load"], args)
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["busy_at_start"] = busy
+    results["cpu_busy_before_start"] = None if busy is None else round(busy, 3)
     print(
         f"\n# {results['seconds']:.0f} s; load average at end {results['load_average_end']} "
         "(this benchmark's own load included)"
