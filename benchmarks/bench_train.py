@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import bart_peer
 
 # Dense bf16 tensor-core peaks (FLOP/s) of the GPUs this project is measured on.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -31,29 +32,13 @@ def device_peak() -> float | None:
 
 
 def build(arch: str, vocab_size: int, device: str):
-    from transformers import BartConfig, BartForConditionalGeneration
-
     from biomedgpt.model.configuration import BiomedGPTConfig
     from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
 
     torch.manual_seed(0)
     cfg = BiomedGPTConfig.from_arch(arch, vocab_size=vocab_size, dropout=0.0)
     ours = BiomedGPTForConditionalGeneration(cfg).to(device)
-    peer = BartForConditionalGeneration(
-        BartConfig(
-            vocab_size=vocab_size,
-            d_model=cfg.d_model,
-            encoder_layers=cfg.encoder_layers,
-            decoder_layers=cfg.decoder_layers,
-            encoder_attention_heads=cfg.encoder_attention_heads,
-            decoder_attention_heads=cfg.decoder_attention_heads,
-            encoder_ffn_dim=cfg.encoder_ffn_dim,
-            decoder_ffn_dim=cfg.decoder_ffn_dim,
-            max_position_embeddings=1024,
-            dropout=0.0,
-            attn_implementation="sdpa",
-        )
-    ).to(device)
+    peer = bart_peer(cfg).to(device)  # train mode is set where it is timed
     return ours, peer
 
 

@@ -97,7 +97,9 @@ def export_checkpoint(
             manifest["int8"] = quantize_and_gate(work, run_cfg, options)
         manifest["seconds"] = round(time.perf_counter() - started, 1)
         _write_manifest(work, manifest)
-        manifest = json.loads((work / "manifest.json").read_text())  # JSON-native: what a reader of the file gets
+        manifest = json.loads(
+            (work / "manifest.json").read_text()
+        )  # JSON-native: what a reader of the file gets
         _replace_dir(work, out_dir)
     return manifest
 
@@ -232,7 +234,6 @@ def build_manifest(directory: Path, *, model, source: Path, parity: dict[str, An
     import torch
 
     from biomedgpt import __version__
-    from biomedgpt.hashing import sha256_file
 
     graphs = {}
     for name in GRAPHS:
@@ -256,11 +257,7 @@ def build_manifest(directory: Path, *, model, source: Path, parity: dict[str, An
         "config": model.config.to_dict(),
         "graphs": graphs,
         "parity": parity,
-        "files": {
-            p.name: sha256_file(p)
-            for p in sorted(directory.iterdir())
-            if p.is_file() and p.name != "manifest.json"
-        },
+        # "files" (sha256 of every file) is added by `_write_manifest`, after the int8 graphs exist.
     }
 
 

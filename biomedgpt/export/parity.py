@@ -23,13 +23,13 @@ def check_parity(
 ) -> dict[str, Any]:
     import torch
 
-    from biomedgpt.export.graphs import DecoderStepGraph, EncoderGraph
+    from biomedgpt.export.graphs import EncoderGraph
     from biomedgpt.model.generation import DecodeOptions, generate
     from biomedgpt.serve.decoding import DecodeSpec
     from biomedgpt.serve.ort_engine import OrtDecoderStep, OrtEngine
 
     engine = OrtEngine(export_dir)
-    encoder, decoder = EncoderGraph(model).eval(), DecoderStepGraph(model).eval()
+    encoder = EncoderGraph(model).eval()
     rng = np.random.default_rng(seed)
     size = model.config.image_size
     text_ids = engine.tokenizer.layout.text_range
@@ -84,7 +84,6 @@ def check_parity(
             raise ParityError(
                 f"greedy outputs differ at batch {batch}, image {side}px: torch {ref.tolist()} vs onnx {got.tolist()}"
             )
-    del decoder
     return {"tolerance": tolerance, "cases": cases}
 
 
