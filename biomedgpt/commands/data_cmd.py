@@ -3,7 +3,10 @@
 verify: every shard listed in manifest.json exists, has the recorded size and sha256, opens as a
 tar, and every sample in it decodes and passes `Sample.validate()`; counts agree with the manifest;
 no tar sits in the folder unlisted. Exit 1 on any failure, 0 otherwise.
-stats: samples per split, task and modality, shards and bytes, read from the tars' JSON members.
+stats: samples per split, task and modality, shards and bytes, read from the tars' JSON members with the
+same reader as verify; a shard whose size or sample count disagrees with the manifest, an unreadable tar or a
+member that is not a JSON object is a problem (exit 1), never a silently wrong count or a traceback.
+Both refuse manifest `file` entries that leave the shard folder (`../../etc/passwd`, absolute paths).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tarfile
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +47,17 @@ def run(args: argparse.Namespace) -> int:
             f"{verdict}: {report.shards} shards, {report.samples} samples checked, {len(report.failures)} failures"
         )
         return 1 if report.failures else 0
-    try:
-        stats = dataset_stats(args.dir)
-    except (tarfile.TarError, OSError, ValueError) as err:
-        print(f"error: cannot read the shards in {args.dir}: {err} (`biomedgpt data verify` says more)")
-        return 1
+    stats = dataset_stats(args.dir)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    if stats["problems"]:
+        for line in stats["problems"]:
+            print(f"error: {line}", file=sys.stderr)
+        print(
+            f"error: the counts above are incomplete: {len(stats['problems'])} problem(s) in {args.dir} "
+            "(`biomedgpt data verify` checks every sample)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -81,9 +89,12 @@ def verify_dataset(out_dir: str | os.PathLike[str]) -> VerifyReport:
         return report
     seen_keys: dict[str, str] = {}
     totals: Counter[tuple[str, str]] = Counter()
-    for entry in manifest["shards"]:
+    entries = [entry for entry in manifest["shards"] if isinstance(entry, dict)]
+    if len(entries) != len(manifest["shards"]):
+        report.failures.append(f"{MANIFEST_NAME}: a 'shards' entry is not a JSON object")
+    for entry in entries:
         _verify_shard(out, entry, report, seen_keys, totals)
-    listed = {entry.get("file") for entry in manifest["shards"]}
+    listed = {entry.get("file") for entry in entries}
     report.failures += [
         f"{p.name}: not listed in {MANIFEST_NAME}" for p in sorted(out.glob("*.tar")) if p.name not in listed
     ]
@@ -115,8 +126,12 @@ def _verify_shard(
     from biomedgpt.data.shards import ShardReadError, iter_tar_samples
 
     name = str(entry.get("file"))
-    path = out / name
     report.shards += 1
+    try:
+        path = shard_path(out, name)
+    except ValueError as err:
+        report.failures.append(str(err))
+        return
     if not path.is_file():
         report.failures.append(f"{name}: missing")
         return
@@ -152,44 +167,57 @@ def _verify_shard(
         report.failures.append(f"{name}: holds {dict(tasks)}, manifest says {entry.get('tasks')}")
 
 
-def _split_and_task(members: dict[str, Any]) -> tuple[str, str]:
+def shard_path(out: Path, name: str) -> Path:
+    """`out / name` for a manifest's `file` entry; ValueError when it is absolute or leaves the folder.
+
+    A manifest is data: a crafted `"file": "../../../../etc/passwd"` must not make verify hash, or stats
+    open, a file outside the shard folder. Symlinks are resolved before the check.
+    """
+    candidate = Path(name)
+    root = out.resolve()
+    if not name or candidate.is_absolute() or not (root / candidate).resolve().is_relative_to(root):
+        raise ValueError(f"{name!r}: refused: the manifest names a path outside the shard folder")
+    return out / candidate
+
+
+def _sample_doc(members: dict[str, Any]) -> dict[str, Any] | None:
+    """A sample's JSON member as a dict, or None when it is missing, unreadable or not a JSON object."""
     try:
         doc = json.loads(members["json"])
-        return str(doc.get("split")), str(doc.get("task"))
-    except (KeyError, ValueError, AttributeError):
-        return "?", "?"
+    except (KeyError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _split_and_task(members: dict[str, Any]) -> tuple[str, str]:
+    doc = _sample_doc(members)
+    return ("?", "?") if doc is None else (str(doc.get("split")), str(doc.get("task")))
 
 
 def dataset_stats(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Counts per split, task and modality, shards and bytes, from the tars' JSON members.
 
-    The shards are those listed in manifest.json, or every `*.tar` in the folder without one.
+    The shards are those listed in manifest.json, or every `*.tar` in the folder without one. Samples are
+    grouped by the reader `verify` uses; `problems` lists what makes the counts untrustworthy: a listed path
+    outside the folder, a missing or unreadable tar, a size or sample count that differs from the manifest,
+    a sample without a JSON object (counted under split and task "?").
     """
     from biomedgpt.data.schema import SPLITS
     from biomedgpt.data.shards import read_manifest
 
     out = Path(out_dir)
     try:
-        files = [str(entry["file"]) for entry in read_manifest(out)["shards"]]
+        entries = [e if isinstance(e, dict) else {"file": str(e)} for e in read_manifest(out)["shards"]]
     except (FileNotFoundError, ValueError, KeyError):
-        files = sorted(p.name for p in out.glob("*.tar"))
+        entries = [{"file": p.name} for p in sorted(out.glob("*.tar"))]
     by_split_task: dict[str, Counter[str]] = {}
     by_modality: Counter[str] = Counter()
-    shards = []
-    for name in files:
-        count = 0
-        with tarfile.open(out / name, mode="r:") as tar:
-            for member in tar:
-                if (
-                    member.isreg()
-                    and member.name.endswith(".json")
-                    and "." not in member.name[:-5].rsplit("/", 1)[-1]
-                ):
-                    doc = json.loads(tar.extractfile(member).read())
-                    by_split_task.setdefault(str(doc.get("split")), Counter())[str(doc.get("task"))] += 1
-                    by_modality[str(doc.get("modality") or "none")] += 1
-                    count += 1
-        shards.append({"file": name, "num_samples": count, "bytes": (out / name).stat().st_size})
+    shards: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for entry in entries:
+        shard = _shard_stats(out, entry, by_split_task, by_modality, problems)
+        if shard is not None:
+            shards.append(shard)
     tasks = sum(by_split_task.values(), Counter())
     order = sorted(by_split_task, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s))
     by_split_task = {split: by_split_task[split] for split in order}
@@ -203,7 +231,47 @@ def dataset_stats(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "by_modality": dict(sorted(by_modality.items())),
         "by_split_task": {split: dict(sorted(t.items())) for split, t in by_split_task.items()},
         "shards": shards,
+        "problems": problems,
     }
+
+
+def _shard_stats(
+    out: Path,
+    entry: dict[str, Any],
+    by_split_task: dict[str, Counter[str]],
+    by_modality: Counter[str],
+    problems: list[str],
+) -> dict[str, Any] | None:
+    """Count one shard into the totals; None (and a problem) when its file cannot be used at all."""
+    from biomedgpt.data.shards import ShardReadError, iter_tar_samples
+
+    name = str(entry.get("file"))
+    try:
+        path = shard_path(out, name)
+    except ValueError as err:
+        problems.append(str(err))
+        return None
+    if not path.is_file():
+        problems.append(f"{name}: missing")
+        return None
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        problems.append(f"{name}: {size} bytes, manifest says {entry['bytes']} (truncated or modified)")
+    count = 0
+    try:
+        for members in iter_tar_samples(path):
+            count += 1
+            doc = _sample_doc(members)
+            if doc is None:
+                problems.append(f"{name}: sample {members['__key__']!r} has no JSON object")
+                doc = {"split": "?", "task": "?"}
+            by_split_task.setdefault(str(doc.get("split")), Counter())[str(doc.get("task"))] += 1
+            by_modality[str(doc.get("modality") or "none")] += 1
+    except ShardReadError as err:
+        problems.append(str(err))
+    if "num_samples" in entry and count != entry["num_samples"]:
+        problems.append(f"{name}: {count} samples read, manifest says {entry['num_samples']}")
+    return {"file": name, "num_samples": count, "bytes": size}
 
 
 def format_stats(stats: dict[str, Any]) -> str:

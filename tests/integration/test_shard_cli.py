@@ -93,3 +93,72 @@ def test_a_format_with_a_missing_layout_exits_2_and_writes_nothing(tmp_path, cap
 def test_verify_of_a_folder_without_manifest_fails(tmp_path, capsys):
     assert main(["data", "verify", str(tmp_path)]) == 1
     assert "manifest.json: missing" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- stats agrees with verify
+
+
+def _synthetic(out: Path, n: int = 40) -> dict:
+    assert main(["shard", "--synthetic", str(n), "--out", str(out), "--seed", "1", "--no-progress"]) == 0
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_stats_of_a_truncated_shard_fails_like_verify(tmp_path, capsys):
+    out = tmp_path / "synth"
+    manifest = _synthetic(out)
+    entry = max(manifest["shards"], key=lambda e: e["num_samples"])
+    shard = out / entry["file"]
+    shard.write_bytes(shard.read_bytes()[: int(shard.stat().st_size * 0.6)])
+    capsys.readouterr()
+    assert main(["data", "stats", str(out), "--json"]) == 1
+    captured = capsys.readouterr()
+    stats = json.loads(captured.out)
+    assert stats["num_samples"] < manifest["num_samples"]
+    assert any(entry["file"] in p and "manifest says" in p for p in stats["problems"])
+    assert "incomplete" in captured.err and "Traceback" not in captured.err
+    assert main(["data", "verify", str(out)]) == 1
+
+
+def test_stats_of_a_sample_whose_json_is_an_array_is_a_problem_not_a_crash(tmp_path, capsys):
+    import hashlib
+    import io
+    import tarfile
+
+    out = tmp_path / "synth"
+    manifest = _synthetic(out, n=10)
+    entry = manifest["shards"][0]
+    shard = out / entry["file"]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        replaced = False
+        for member, data in members:
+            if member.name.endswith(".json") and not replaced:
+                data, replaced = b"[1, 2, 3]", True
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    entry["bytes"], entry["sha256"] = shard.stat().st_size, hashlib.sha256(shard.read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["data", "stats", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "no JSON object" in captured.err and "Traceback" not in captured.err
+    assert main(["data", "verify", str(out)]) == 1
+
+
+@pytest.mark.parametrize("escape", ["../../../../etc/passwd", "/etc/passwd", "../outside.tar"])
+def test_manifest_paths_outside_the_folder_are_refused(tmp_path, capsys, escape):
+    out = tmp_path / "synth"
+    manifest = _synthetic(out, n=10)
+    (tmp_path / "outside.tar").write_bytes((out / manifest["shards"][0]["file"]).read_bytes())
+    manifest["shards"][0]["file"] = escape
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["data", "verify", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert f"{escape!r}: refused" in printed and "outside the shard folder" in printed
+    assert "sha256" not in printed.split("refused", 1)[0]  # nothing was hashed for it
+    assert main(["data", "stats", str(out), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert all(s["file"] != escape for s in json.loads(captured.out)["shards"])
+    assert "outside the shard folder" in captured.err
