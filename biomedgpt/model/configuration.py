@@ -105,6 +105,13 @@ class BiomedGPTConfig(PreTrainedConfig):
         scale_heads: bool = True,
         code_grid_size: int = 16,
         image_size: int = 256,
+        entangle_position_embedding: bool = False,
+        disable_entangle: bool = True,
+        scale_resids: bool = False,
+        interpolate_position: bool = False,
+        orig_patch_image_size: int = 256,
+        resnet_norm_eps: float = 1e-5,
+        freeze_resnet: bool = False,
         init_std: float = 0.02,
         pad_token_id: int = 1,
         bos_token_id: int = 0,
@@ -144,6 +151,20 @@ class BiomedGPTConfig(PreTrainedConfig):
         self.scale_heads = scale_heads
         self.code_grid_size = code_grid_size
         self.image_size = image_size
+        # OFA options kept so that every official checkpoint maps exactly (see `biomedgpt.model.convert`):
+        # entangle_position_embedding: the encoder adds raw absolute positions to its inputs;
+        # disable_entangle=False: the decoder adds raw target positions to its inputs (OFA does so unless
+        # `--disable-entangle`, which BiomedGPT passes); scale_resids: NormFormer's learned residual scale
+        # (`w_resid`) before the FFN residual; interpolate_position: image positions bilinearly resized from
+        # the orig_patch_image_size grid when the grid is larger; resnet_norm_eps: 1e-3 under `--sync-bn`;
+        # freeze_resnet: the stem's batch norms stay in eval mode and are not trained.
+        self.entangle_position_embedding = entangle_position_embedding
+        self.disable_entangle = disable_entangle
+        self.scale_resids = scale_resids
+        self.interpolate_position = interpolate_position
+        self.orig_patch_image_size = orig_patch_image_size
+        self.resnet_norm_eps = resnet_norm_eps
+        self.freeze_resnet = freeze_resnet
         self.init_std = init_std
         self.use_cache = use_cache
         super().__init__(

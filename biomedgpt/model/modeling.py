@@ -36,6 +36,7 @@ from transformers.utils import ModelOutput
 from biomedgpt.model.cache import HFCache, StaticKVCache, as_kv_cache
 from biomedgpt.model.configuration import BiomedGPTConfig
 from biomedgpt.model.positions import (
+    bucket_table_size,
     decoder_code_positions,
     image_bucket_positions,
     image_grid_positions,
@@ -165,6 +166,7 @@ class BiomedGPTEncoderLayer(GradientCheckpointingLayer):
         self.attn_ln = nn.LayerNorm(dim) if config.scale_attn else None
         self.ffn = FeedForward(config, config.encoder_ffn_dim)
         self.final_layer_norm = nn.LayerNorm(dim)
+        self.w_resid = nn.Parameter(torch.ones(dim)) if config.scale_resids else None
         self.dropout = config.dropout
         self.drop_path_rate = drop_path_rate
 
@@ -178,6 +180,8 @@ class BiomedGPTEncoderLayer(GradientCheckpointingLayer):
             x = self.attn_ln(x)
         hidden_states = self._residual(x, hidden_states)
         x = self.ffn(self.final_layer_norm(hidden_states))
+        if self.w_resid is not None:  # NormFormer residual scaling (OFA --scale-resids)
+            hidden_states = hidden_states * self.w_resid
         return self._residual(x, hidden_states)
 
 
@@ -193,6 +197,7 @@ class BiomedGPTDecoderLayer(GradientCheckpointingLayer):
         self.cross_attn_ln = nn.LayerNorm(dim) if config.scale_attn else None
         self.ffn = FeedForward(config, config.decoder_ffn_dim)
         self.final_layer_norm = nn.LayerNorm(dim)
+        self.w_resid = nn.Parameter(torch.ones(dim)) if config.scale_resids else None
         self.dropout = config.dropout
         self.drop_path_rate = drop_path_rate
 
@@ -224,6 +229,8 @@ class BiomedGPTDecoderLayer(GradientCheckpointingLayer):
             x = self.cross_attn_ln(x)
         hidden_states = self._residual(x, hidden_states)
         x = self.ffn(self.final_layer_norm(hidden_states))
+        if self.w_resid is not None:  # NormFormer residual scaling (OFA --scale-resids)
+            hidden_states = hidden_states * self.w_resid
         return self._residual(x, hidden_states)
 
 
@@ -307,7 +314,12 @@ class BiomedGPTEncoder(BiomedGPTPreTrainedModel):
         self.num_heads = heads
         self.embed_tokens = embed_tokens or nn.Embedding(config.vocab_size, dim, config.pad_token_id)
         self.embed_scale = math.sqrt(dim) if config.scale_embedding else 1.0
-        self.embed_images = ResNetStem(config.resnet_layers, drop_path_rate=config.resnet_drop_path_rate)
+        self.embed_images = ResNetStem(
+            config.resnet_layers,
+            drop_path_rate=config.resnet_drop_path_rate,
+            eps=config.resnet_norm_eps,
+            frozen=config.freeze_resnet,
+        )
         self.image_proj = nn.Linear(ResNetStem.out_channels, dim)
         self.patch_layernorm_embedding = nn.LayerNorm(dim)
         self.layernorm_embedding = nn.LayerNorm(dim)
@@ -335,13 +347,24 @@ class BiomedGPTEncoder(BiomedGPTPreTrainedModel):
         self.dropout = config.dropout
         self.post_init()
 
-    def embed_patches(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, 3, H, W) -> patch features (B, N, D) and their image-position ids (N,)."""
+    def embed_patches(self, patch_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) -> patch features (B, N, D), image-position ids (N,), raw position embeddings (N, D)."""
         features = self.embed_images(patch_images)  # (B, 1024, H/16, W/16)
         height, width = features.shape[-2:]
         features = features.flatten(2).transpose(1, 2)  # (B, N, 1024)
         ids = image_grid_positions(height, width, self.config.image_bucket_size).to(features.device)
-        return self.image_proj(features), ids  # (B, N, D), (N,)
+        return self.image_proj(features), ids, self.image_position_embeddings(ids, height, width)
+
+    def image_position_embeddings(self, ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(N, D) raw image position embeddings; with `interpolate_position`, a grid larger than the one of
+        `orig_patch_image_size` gets that grid's embeddings resized bilinearly (OFA get_patch_images_info)."""
+        orig = self.config.orig_patch_image_size // 16
+        if not self.config.interpolate_position or height * width <= orig * orig:
+            return self.embed_image_positions(ids)
+        orig_ids = image_grid_positions(orig, orig, self.config.image_bucket_size).to(ids.device)
+        grid = self.embed_image_positions(orig_ids).reshape(1, orig, orig, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bilinear")  # (1, D, H, W)
+        return grid.permute(0, 2, 3, 1).reshape(height * width, -1)  # (N, D)
 
     def forward(
         self,
@@ -358,22 +381,26 @@ class BiomedGPTEncoder(BiomedGPTPreTrainedModel):
             input_ids.eq(self.config.pad_token_id) if attention_mask is None else ~attention_mask.bool()
         )
         x = self.embed_tokens(input_ids) * self.embed_scale  # (B, T, D)
+        raw_pos = self.embed_positions(torch.arange(text_len, device=x.device))  # (T, D)
+        if self.config.entangle_position_embedding:
+            x = x + raw_pos
         if self.type_embedding is not None:
             x = x + self.type_embedding.weight[0]
         x = self.layernorm_embedding(x)
-        pos = self.embed_positions(torch.arange(text_len, device=x.device))  # (T, D)
-        pos = self.pos_ln(pos)
+        pos = self.pos_ln(raw_pos)
         padding = text_padding
         num_patches = 0
         if patch_images is not None:
-            patches, image_ids = self.embed_patches(patch_images)  # (B, N, D), (N,)
+            patches, image_ids, raw_image_pos = self.embed_patches(patch_images)  # (B, N, D), (N,), (N, D)
             num_patches = patches.shape[1]
             patches = patches * self.embed_scale
+            if self.config.entangle_position_embedding:
+                patches = patches + raw_image_pos
             if self.type_embedding is not None:
                 patches = patches + self.type_embedding.weight[1]
             patches = self.patch_layernorm_embedding(patches)
             x = torch.cat([patches, x], dim=1)  # (B, N + T, D): image tokens first
-            image_pos = self.image_pos_ln(self.embed_image_positions(image_ids))  # (N, D)
+            image_pos = self.image_pos_ln(raw_image_pos)  # (N, D)
             pos = torch.cat([image_pos, pos], dim=0)  # (N + T, D)
             if patch_masks is None:
                 patch_masks = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -388,7 +415,7 @@ class BiomedGPTEncoder(BiomedGPTPreTrainedModel):
         )
         key_padding = key_padding[:, None, None, :]  # (B, 1, 1, S)
         token_buckets = token_bucket_positions(
-            self.config.token_bucket_size, self.config.max_source_positions
+            self.config.token_bucket_size, bucket_table_size(self.config.max_source_positions)
         )
         token_buckets = token_buckets[:text_len, :text_len].to(x.device)  # (T, T)
         if num_patches:
@@ -518,10 +545,21 @@ class BiomedGPTDecoder(BiomedGPTPreTrainedModel):
             object.__setattr__(encoder_outputs, "_cross_position_keys", memo)
         return memo[1]
 
+    def _raw_positions(self, start: int, total: int, kinds: torch.Tensor | None) -> torch.Tensor:
+        """Raw (not LayerNormed) target position embeddings of steps start..total-1: (1 or B, Tq, D)."""
+        text = self.embed_positions.weight[start:total][None]  # (1, Tq, D)
+        if kinds is None:
+            return text
+        ids = decoder_code_positions(self.config.code_grid_size, self.config.image_bucket_size, total)
+        code = self.embed_image_positions(ids[start:total].to(text.device))[None]  # (1, Tq, D)
+        return torch.cat([text, code])[kinds]  # (B, Tq, D)
+
     def _rel_bias(self, idx: int, start: int, total: int, kinds: torch.Tensor | None) -> torch.Tensor:
         """Relative bias of layer idx for queries start..total-1 over keys 0..total-1: (1 or B, H, Tq, Tk)."""
         device = self.embed_positions.weight.device
-        buckets = token_bucket_positions(self.config.token_bucket_size, self.config.max_target_positions)
+        buckets = token_bucket_positions(
+            self.config.token_bucket_size, bucket_table_size(self.config.max_target_positions)
+        )
         text = self.token_rel_pos_table_list[idx](buckets[start:total, :total].to(device)).permute(2, 0, 1)
         if kinds is None:
             return text[None]  # (1, H, Tq, Tk)
@@ -551,6 +589,8 @@ class BiomedGPTDecoder(BiomedGPTPreTrainedModel):
         )  # 0 text, 1 codes
 
         x = self.embed_tokens(input_ids) * self.embed_scale  # (B, Tq, D)
+        if not self.config.disable_entangle:  # OFA adds raw target positions unless --disable-entangle
+            x = x + self._raw_positions(start, total, kinds)
         if kinds is None:
             x = self.layernorm_embedding(x)
         else:
@@ -572,6 +612,13 @@ class BiomedGPTDecoder(BiomedGPTPreTrainedModel):
         if kinds is not None:
             self_abs, cross_abs = self_abs[kinds], cross_abs[kinds]  # (B, H, Tq, .)
         causal = torch.full((query_len, total), float("-inf"), device=x.device).triu(start + 1)  # (Tq, Tk)
+        if start == 0 and bool(input_ids.eq(self.config.pad_token_id).any()):
+            # As OFA: padded decoder inputs are masked as keys (only padded queries see a difference, since
+            # padding follows the tokens). Cached steps never feed padding to a row that is still running.
+            pad_keys = torch.zeros(input_ids.shape, device=x.device).masked_fill(
+                input_ids.eq(self.config.pad_token_id), float("-inf")
+            )
+            causal = causal + pad_keys[:, None, None, :]  # (B, 1, Tq, Tk)
         enc_padding = encoder_outputs.padding_mask  # (B, S)
         enc_padding = torch.zeros(enc_padding.shape, device=x.device).masked_fill(enc_padding, float("-inf"))
         cross_bias = cross_abs + enc_padding[:, None, None, :]  # (B, H, Tq, S)

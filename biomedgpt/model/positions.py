@@ -72,3 +72,13 @@ def decoder_code_positions(grid: int, bucket_size: int, length: int) -> torch.Te
     grid_ids = image_grid_positions(grid, grid, bucket_size)
     tail = torch.full((max(0, length - 1 - grid_ids.numel()),), 1024 % (bucket_size * bucket_size + 1))
     return torch.cat([torch.zeros(1, dtype=torch.long), grid_ids, tail])[:length]
+
+
+OFA_BUCKET_TABLE_SIZE = 1024
+"""OFA builds its 1-D bucket table for 1024 positions (`make_token_bucket_position`'s default), whatever the
+model's max positions are, and slices it; the log buckets depend on that size, so we use the same."""
+
+
+def bucket_table_size(max_positions: int) -> int:
+    """Side of the 1-D bucket table: OFA's 1024, or more for a model configured with longer sequences."""
+    return max(OFA_BUCKET_TABLE_SIZE, max_positions)

@@ -39,14 +39,15 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         drop_path_rate: float = 0.0,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = nn.BatchNorm2d(planes, eps=eps)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = nn.BatchNorm2d(planes, eps=eps)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion, eps=eps)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.drop_path_rate = drop_path_rate
@@ -60,38 +61,55 @@ class Bottleneck(nn.Module):
 
 
 class ResNetStem(nn.Module):
-    """Stages 1-3 of a ResNet; `layers` gives the blocks per stage (ResNet-50: 3,4,6; ResNet-101: 3,4,23)."""
+    """Stages 1-3 of a ResNet; `layers` gives the blocks per stage (ResNet-50: 3,4,6; ResNet-101: 3,4,23).
+
+    As in OFA's `ResNet._make_layer`, drop-path rates rise linearly from 0 within each stage, and the first
+    block of a stage has none. `frozen` (OFA's `--freeze-resnet`, a FrozenBatchNorm2d stem): the batch norms
+    stay in eval mode and their affine parameters are not trained.
+    """
 
     out_channels = 1024
 
-    def __init__(self, layers: list[int], *, drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, layers: list[int], *, drop_path_rate: float = 0.0, eps: float = 1e-5, frozen: bool = False
+    ) -> None:
         super().__init__()
+        self.eps = eps
+        self.frozen = frozen
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(64, eps=eps)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        rates = linear_rates(drop_path_rate, sum(layers))
         self.inplanes = 64
-        self.layer1 = self._make_layer(64, layers[0], stride=1, rates=rates[: layers[0]])
-        self.layer2 = self._make_layer(
-            128, layers[1], stride=2, rates=rates[layers[0] : layers[0] + layers[1]]
-        )
-        self.layer3 = self._make_layer(256, layers[2], stride=2, rates=rates[layers[0] + layers[1] :])
+        self.layer1 = self._make_layer(64, layers[0], stride=1, drop_path_rate=drop_path_rate)
+        self.layer2 = self._make_layer(128, layers[1], stride=2, drop_path_rate=drop_path_rate)
+        self.layer3 = self._make_layer(256, layers[2], stride=2, drop_path_rate=drop_path_rate)
+        if frozen:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.requires_grad_(False)
 
-    def _make_layer(self, planes: int, blocks: int, *, stride: int, rates: list[float]) -> nn.Sequential:
+    def train(self, mode: bool = True) -> ResNetStem:
+        super().train(mode)
+        if self.frozen:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
+    def _make_layer(self, planes: int, blocks: int, *, stride: int, drop_path_rate: float) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(
                     self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False
                 ),
-                nn.BatchNorm2d(planes * Bottleneck.expansion),
+                nn.BatchNorm2d(planes * Bottleneck.expansion, eps=self.eps),
             )
-        modules = [
-            Bottleneck(self.inplanes, planes, stride=stride, downsample=downsample, drop_path_rate=rates[0])
-        ]
+        rates = linear_rates(drop_path_rate, blocks)
+        modules = [Bottleneck(self.inplanes, planes, stride=stride, downsample=downsample, eps=self.eps)]
         self.inplanes = planes * Bottleneck.expansion
-        modules += [Bottleneck(self.inplanes, planes, drop_path_rate=r) for r in rates[1:]]
+        modules += [Bottleneck(self.inplanes, planes, drop_path_rate=r, eps=self.eps) for r in rates[1:]]
         return nn.Sequential(*modules)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,10 @@ def test_incremental_decoding_of_image_codes_matches_full(tiny_model):
             code_masks=code_masks,
         )
     torch.testing.assert_close(inc, full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(full[1], text_only[1], atol=1e-6, rtol=0)  # text sample unaffected
+    # Text sample unaffected. The two runs batch different kernels (mixed vs text-only position tables), so
+    # fp32 rounding differs by CPU; the tolerance is relative to the logits' scale, never bit-equality.
+    scale = float(text_only[1].abs().max())
+    torch.testing.assert_close(full[1], text_only[1], atol=1e-5 * scale, rtol=1e-5)
     assert (full[0] - text_only[0]).abs().max() > 1e-3  # code sample really takes the image-position path
 
 
