@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fine-tune a checkpoint with a recipe from configs/finetune/",
     ),
     "eval": ("biomedgpt.commands.eval_cmd", "score a checkpoint on held-out shards; writes report.json"),
+    "import": (
+        "biomedgpt.commands.import_cmd",
+        "import an official OFA/BiomedGPT fairseq checkpoint into a model folder (safe, checked)",
+    ),
     "export": ("biomedgpt.commands.export_cmd", "export a checkpoint to ONNX (KV cache), checked against PyTorch"),
     "demo": ("biomedgpt.commands.demo", "the Gradio multitask demo over a model folder or the HTTP API"),
     "serve": ("biomedgpt.commands.serve", "serve a model over HTTP: task endpoints + OpenAI-compatible chat"),

@@ -78,9 +78,11 @@ def export_checkpoint(
             if (source / name).is_file():
                 shutil.copy2(source / name, work / name)
         run_cfg = _run_config(source)
-        (work / "serving.json").write_text(
-            json.dumps(serving_metadata(model, run_cfg, out_dir.name), indent=2) + "\n"
-        )
+        serving = serving_metadata(model, run_cfg, out_dir.name)
+        if (source / "serving.json").is_file():  # what the model folder records (tasks, prompts) is kept
+            recorded = json.loads((source / "serving.json").read_text())
+            serving.update({k: recorded[k] for k in RECORDED_SERVING_KEYS if k in recorded})
+        (work / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
         answers = (
             json.loads((source / "answers.json").read_text()) if (source / "answers.json").is_file() else None
         )
@@ -182,6 +184,10 @@ def check_graphs(directory: Path, names: tuple[str, ...] = GRAPHS) -> None:
 
     for name in names:
         onnx.checker.check_model(str(directory / f"{name}.onnx"), full_check=True)
+
+
+# serving.json entries a model folder records when it is made (training or `biomedgpt import`), copied as is.
+RECORDED_SERVING_KEYS = ("tasks", "prompts", "generation", "source")
 
 
 def serving_metadata(model, run_cfg, model_id: str) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def _omega_class(name: str) -> type[OmegaRecord]:
 class _ChoiceEnum:
     """Stand-in for a fairseq `ChoiceEnum` class: `Enum(value)` gives back the plain value."""
 
-    def __new__(cls, value: Any = None) -> Any:  # noqa: D102
+    def __new__(cls, value: Any = None) -> Any:
         return value
 
 
