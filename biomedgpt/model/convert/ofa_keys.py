@@ -145,7 +145,7 @@ def map_state_dict(
         ]
         raise CheckpointMismatchError("the checkpoint does not fit the model:\n  " + "\n  ".join(lines))
     missing = []
-    for key, value in model_state.items():
+    for key in model_state:
         if (
             key in out
             or key.endswith(("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))
