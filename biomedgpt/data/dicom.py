@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pydicom
@@ -81,26 +81,38 @@ class DicomImage:
     """What de-identification removed or replaced."""
 
 
+DicomSource = str | PathLike[str] | IO[bytes]
+"""A file path, or an open binary file (an upload in memory: ``imageio.NamedBytes``, which prints as its name)."""
+
+
+def _rewound(source: DicomSource) -> DicomSource:
+    """Paths as `Path`s; an open file rewound to its start (it may have been read for the header already)."""
+    if hasattr(source, "read"):
+        source.seek(0)  # type: ignore[union-attr]
+        return source
+    return Path(source)  # type: ignore[arg-type]
+
+
 def load_deidentified(
-    path: str | PathLike[str], *, allow_burned_in: bool = False, salt: str = "biomedgpt"
+    path: DicomSource, *, allow_burned_in: bool = False, salt: str = "biomedgpt"
 ) -> tuple[Dataset, DeidReport]:
     """Read ``path`` and de-identify it in place; the dataset returned is already de-identified."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(_rewound(path))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as err:
         raise DicomReadError(f"{path}: not readable as DICOM ({type(err).__name__}: {err})") from err
     refuse_burned_in(ds, source=path, allow=allow_burned_in)
     return ds, deidentify(ds, salt=salt)
 
 
-def _transfer_syntax(ds: Dataset, path: str | PathLike[str]) -> pydicom.uid.UID:
+def _transfer_syntax(ds: Dataset, path: DicomSource) -> pydicom.uid.UID:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is None:
         raise DicomReadError(f"{path}: file meta has no TransferSyntaxUID")
     return pydicom.uid.UID(ts)
 
 
-def _decode(ds: Dataset, path: str | PathLike[str]) -> tuple[np.ndarray, str]:
+def _decode(ds: Dataset, path: DicomSource) -> tuple[np.ndarray, str]:
     """Decoded pixels (native byte order) and the photometric interpretation they are in."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomReadError(f"{path}: no pixel data (Modality {ds.get('Modality', '?')})")
@@ -189,16 +201,14 @@ def allowed_meta(ds: Dataset) -> dict[str, Any]:
     return meta
 
 
-def read_dicom(
-    path: str | PathLike[str], *, allow_burned_in: bool = False, salt: str = "biomedgpt"
-) -> DicomImage:
+def read_dicom(path: DicomSource, *, allow_burned_in: bool = False, salt: str = "biomedgpt") -> DicomImage:
     """Read, de-identify and decode one DICOM image (see the module docstring for the pixel contract).
 
-    Raises ``DicomReadError`` (path and reason) for unreadable or corrupt files and files without
-    pixels, ``DicomDecoderError`` for compressed pixel data without a working decoder, and
+    ``path`` may be an open binary file (an upload held in memory). Raises ``DicomReadError`` (path and
+    reason) for unreadable or corrupt files and files without pixels, ``DicomDecoderError`` for compressed pixel data without a working decoder, and
     ``BurnedInAnnotationError`` for ``BurnedInAnnotation == YES`` unless ``allow_burned_in``.
     """
-    ds, report = load_deidentified(Path(path), allow_burned_in=allow_burned_in, salt=salt)
+    ds, report = load_deidentified(path, allow_burned_in=allow_burned_in, salt=salt)
     arr, photometric = _decode(ds, path)
     modality = str(ds.get("Modality", "") or "OT").upper()
     pixels = _modality_lut(arr, ds, modality, photometric)

@@ -12,10 +12,15 @@ One entry point per need of the shard writer and the manifest validator:
 
 Every image is checked against a pixel limit (64 megapixels by default) before its pixels are
 decoded, a guard against decompression bombs.
+
+Pillow images (files here, uploads in ``biomedgpt.serve.images``) go through ``pil_pixels``: EXIF
+orientation applied, 16-bit gray kept as uint16 (scaled to 8 bits by ``to_rgb_uint8`` later, the same
+division by 257 for shards, training and serving), palette and other modes converted to RGB.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -66,14 +71,33 @@ def _check_pixels(path: str | PathLike[str], width: int, height: int, max_pixels
         )
 
 
-def _dicom_geometry(path: str | PathLike[str]) -> tuple[int, int, int]:
+class NamedBytes(io.BytesIO):
+    """File contents held in memory (an upload) that print as a name, so errors never show a heap address."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    __repr__ = __str__
+
+
+def _rewound(path: str | PathLike[str] | NamedBytes) -> str | PathLike[str] | NamedBytes:
+    if isinstance(path, NamedBytes):
+        path.seek(0)
+    return path
+
+
+def _dicom_geometry(path: str | PathLike[str] | NamedBytes) -> tuple[int, int, int]:
     """(columns, rows, frames) from the DICOM header, without reading pixel data."""
     import pydicom
 
     from biomedgpt.data.dicom import DicomReadError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(_rewound(path), stop_before_pixels=True)
         return int(ds.Columns), int(ds.Rows), int(ds.get("NumberOfFrames") or 1)
     except (pydicom.errors.InvalidDicomError, AttributeError, EOFError, OSError, ValueError) as err:
         raise DicomReadError(
@@ -101,12 +125,71 @@ def _open_pil(path: str | PathLike[str]) -> Any:
         raise ImageTooLargeError(f"{path}: {err}") from err
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+"""EXIF Orientation: 1 upright, 2-8 mirrored and/or rotated; 5-8 swap width and height."""
+
+
+def exif_orientation(img: Any) -> int:
+    """The EXIF orientation of a Pillow image (1 when absent or unreadable)."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # a corrupt EXIF block must not make the image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def oriented_size(img: Any) -> tuple[int, int]:
+    """(width, height) as a viewer shows the image, after its EXIF orientation, from the header only."""
+    width, height = int(img.width), int(img.height)
+    return (height, width) if exif_orientation(img) >= 5 else (width, height)
+
+
+_ORIENTATION_TRANSPOSE = {2: 0, 3: 3, 4: 1, 5: 5, 6: 4, 7: 6, 8: 2}
+"""EXIF orientation -> `Image.Transpose` value that turns the stored pixels upright (as ImageOps.exif_transpose)."""
+
+
+def apply_exif_orientation(img: Any, orientation: int | None = None) -> Any:
+    """The image turned upright by its EXIF orientation (or by `orientation`, for a derived image that lost
+    its EXIF block, such as a reduced copy); the same object when there is nothing to do."""
+    from PIL import Image
+
+    orientation = exif_orientation(img) if orientation is None else orientation
+    if orientation not in _ORIENTATION_TRANSPOSE:
+        return img
+    return img.transpose(Image.Transpose(_ORIENTATION_TRANSPOSE[orientation]))
+
+
+_UINT16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def pil_pixels(img: Any, *, orientation: int | None = None) -> np.ndarray:
+    """A Pillow image -> uint8/uint16 (H, W) or (H, W, 3) pixels, upright (EXIF orientation applied).
+
+    16-bit gray stays uint16; 32-bit integer gray stays uint16 when its values fit, else it is windowed
+    like float gray (1st..99th percentile to 0..255); 1-bit and gray+alpha become gray; palette, alpha,
+    CMYK and the other colour modes become RGB. `orientation` overrides the image's own EXIF tag.
+    """
+    img = apply_exif_orientation(img, orientation)
+    if img.mode in _UINT16_MODES:
+        return np.asarray(img).astype(np.uint16)
+    if img.mode in {"I", "I;16S", "F"}:
+        arr = np.asarray(img)
+        if arr.dtype.kind in "iu" and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+            return arr.astype(np.uint16)
+        return apply_window(arr, modality=None)
+    if img.mode in {"L", "RGB"}:
+        return np.asarray(img)
+    if img.mode in {"1", "LA", "La"}:
+        return np.asarray(img.convert("L"))
+    return np.asarray(img.convert("RGB"))  # P, RGBA, CMYK, YCbCr, LAB...
+
+
 def check_image_size(path: str | PathLike[str]) -> tuple[int, int]:
     """(width, height) of the image ``load_image`` would return, read from headers only."""
     suffix = image_suffix(path)
     if suffix in {".png", ".jpg", ".jpeg"}:
         with _open_pil(path) as img:
-            return int(img.width), int(img.height)
+            return oriented_size(img)
     if suffix == ".npy":
         shape = _npy_shape(path)
         if len(shape) < 2:
@@ -137,18 +220,7 @@ def _to_image_array(arr: np.ndarray, path: str | PathLike[str], modality: str | 
 def _load_pil(path: str | PathLike[str], max_pixels: int) -> np.ndarray:
     with _open_pil(path) as img:
         _check_pixels(path, img.width, img.height, max_pixels)
-        if img.mode in {"I;16", "I;16B", "I;16L", "I;16N"}:
-            return np.asarray(img).astype(np.uint16)
-        if img.mode == "I":
-            arr = np.asarray(img)
-            if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
-                return arr.astype(np.uint16)
-            return apply_window(arr, modality=None)
-        if img.mode in {"L", "RGB"}:
-            return np.asarray(img)
-        if img.mode in {"1", "LA"}:
-            return np.asarray(img.convert("L"))
-        return np.asarray(img.convert("RGB"))  # P, RGBA, CMYK, YCbCr, F...
+        return pil_pixels(img)
 
 
 def _load_npy(path: str | PathLike[str], max_pixels: int, modality: str | None) -> np.ndarray:
@@ -175,7 +247,9 @@ def _display_dicom(pixels: np.ndarray, photometric: str, modality: str, window_:
     return pixels
 
 
-def _load_dicom(path: str | PathLike[str], slice_index: int | None, opts: dict[str, Any]) -> LoadedImage:
+def _load_dicom(
+    path: str | PathLike[str] | NamedBytes, slice_index: int | None, opts: dict[str, Any]
+) -> LoadedImage:
     from biomedgpt.data.dicom import read_dicom
 
     cols, rows, frames = _dicom_geometry(path)
@@ -199,11 +273,12 @@ def _load_dicom(path: str | PathLike[str], slice_index: int | None, opts: dict[s
     return LoadedImage(pixels=_to_image_array(shown, path, modality), modality=modality, meta=meta)
 
 
-def _palette_to_rgb(path: str | PathLike[str], indices: np.ndarray) -> np.ndarray:
+def _palette_to_rgb(path: str | PathLike[str] | NamedBytes, indices: np.ndarray) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_color_lut
 
-    ds = pydicom.dcmread(path, stop_before_pixels=True)  # only the LUT descriptors and data are used
+    # Only the LUT descriptors and data are used.
+    ds = pydicom.dcmread(_rewound(path), stop_before_pixels=True)
     rgb = apply_color_lut(indices, ds)
     if rgb.dtype != np.uint8:
         rgb = (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else apply_window(rgb, modality=None)
@@ -260,3 +335,21 @@ def load_image(
     if suffix == ".dcm":
         return _load_dicom(path, slice_index, opts)
     return _load_volume_slice(path, slice_index, opts)
+
+
+def dicom_geometry(data: NamedBytes) -> tuple[int, int, int]:
+    """(columns, rows, frames) of DICOM bytes in memory, from the header alone (no pixel data read)."""
+    return _dicom_geometry(data)
+
+
+def load_dicom_bytes(
+    data: NamedBytes,
+    *,
+    frame: int | None = None,
+    allow_burned_in: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> LoadedImage:
+    """DICOM bytes in memory (an upload) -> pixels, exactly as ``load_image`` reads a .dcm file for a shard:
+    de-identified first, CT windowed in HU, other modalities percentile-scaled, MONOCHROME1 inverted."""
+    opts = {"modality": None, "allow_burned_in": allow_burned_in, "window": None, "max_pixels": max_pixels}
+    return _load_dicom(data, frame, opts)

@@ -338,8 +338,11 @@ def load_mask(path: Path, *, slice_index: int | None = None) -> np.ndarray:
     else:
         from PIL import Image
 
+        from biomedgpt.data.imageio import apply_exif_orientation
+
         with Image.open(path) as img:
-            labels = np.asarray(img)  # palette images keep their indices: index 0 = background
+            # Upright as load_image turns the image; palette images keep their indices: 0 = background.
+            labels = np.asarray(apply_exif_orientation(img))
     labels = np.asarray(labels)
     return labels.any(axis=-1) if labels.ndim == 3 else labels != 0
 

@@ -8,9 +8,10 @@
     POST /v1/chat/completions    OpenAI chat.completion with one data-URL image
 
 `create_app(engine, config)` takes a loaded engine (tests, the demo); `create_app_from_config(config)` loads
-it in a background thread, so the probes answer while a large model loads. Requests are validated and
-prepared in worker threads, then decoded through the dynamic batcher (`batching.py`). Every error is the
-JSON shape of `http_errors.py`; no client input yields a 5xx.
+it in a background thread, so the probes answer while a large model loads. An upload's header is read first
+(size and decode cost, `images.py`); the image is then decoded and the request prepared in a bounded thread
+pool within a budget of decoded bytes (`image_pool.py`), and run through the dynamic batcher (`batching.py`).
+Every error is the JSON shape of `http_errors.py`; no client input yields a 5xx.
 """
 
 from __future__ import annotations
@@ -31,9 +32,15 @@ from biomedgpt.serve.batching import Batcher, BatchFailed, Outcome, QueueFull
 from biomedgpt.serve.config import ServeConfig
 from biomedgpt.serve.engine import Engine, Prepared
 from biomedgpt.serve.http_errors import APIError, install_error_handlers
-from biomedgpt.serve.images import decode_image
+from biomedgpt.serve.image_pool import DecodeBusy, ImageDecodePool
+from biomedgpt.serve.images import decode_image, read_header
 from biomedgpt.serve.metrics import ServeMetrics
-from biomedgpt.serve.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestMetricsMiddleware
+from biomedgpt.serve.middleware import (
+    APIKeyMiddleware,
+    BodyLimitMiddleware,
+    ConnectionCapMiddleware,
+    RequestMetricsMiddleware,
+)
 from biomedgpt.serve.openai_compat import (
     chat_completion,
     chat_error_field,
@@ -43,7 +50,7 @@ from biomedgpt.serve.openai_compat import (
     plan_chat,
 )
 from biomedgpt.serve.payloads import render_output
-from biomedgpt.serve.schemas import ERROR_RESPONSES, ChatBody
+from biomedgpt.serve.schemas import ERROR_RESPONSES, ChatBody, check_text_lengths
 from biomedgpt.serve.task_body import TASK_OPENAPI, media_type, read_task_body
 from biomedgpt.serve.types import TASK_FIELDS, RequestError, TaskRequest
 
@@ -83,8 +90,8 @@ class ServerState:
             on_batch=lambda size, seconds: metrics.observe_batch(size=size, seconds=seconds),
         )
         metrics.model_ready.set(1 if engine is not None else 0)
-        # Decoded images wait in memory until their batch runs: bound how many are decoded at once.
-        self._preparing = asyncio.Semaphore(2 * config.max_batch_size)
+        self.image_limits = config.image_limits()
+        self.decoder = ImageDecodePool(workers=config.decode_workers, budget_bytes=config.max_decode_bytes)
 
     def _run_batch(self, items: list[Prepared]) -> list[Any]:
         assert self.engine is not None
@@ -109,21 +116,32 @@ class ServerState:
         raise APIError(503, "the model is still loading", code="model_loading", headers={"Retry-After": "5"})
 
     async def serve(self, image: bytes, **request: Any) -> Served:
-        """Decode the image and prepare the request in a thread, then decode it in a batch."""
+        """Read the image's header, decode it and prepare the request in the decode pool, then run it in a batch."""
         engine = self.require_engine()
         started = time.perf_counter()
-        max_pixels = self.config.max_image_pixels
+        limits = self.image_limits
 
         def prepare() -> Prepared:
-            return engine.prepare(TaskRequest(image=decode_image(image, max_pixels=max_pixels), **request))
+            decoded = decode_image(image, limits)
+            return engine.prepare(TaskRequest(image=decoded.image, orig_size=decoded.orig_size, **request))
 
         busy = APIError(
             503, "the server is busy; retry shortly", code="queue_full", headers={"Retry-After": "1"}
         )
-        if self.batcher.queue_size >= self.config.max_queue:
+        if self.batcher.queue_size + self.decoder.waiting >= self.config.max_queue:
             raise busy  # before spending any work on the image
-        async with self._preparing:
-            prepared = await asyncio.to_thread(prepare)
+        header = await asyncio.to_thread(read_header, image, limits)  # 413/422 before any pixel is decoded
+        try:
+            prepared = await self.decoder.run(
+                header.decode_bytes, prepare, timeout_s=self.config.request_timeout_s
+            )
+        except DecodeBusy:
+            raise APIError(
+                503,
+                "the server is busy decoding other images; retry shortly",
+                code="decode_busy",
+                headers={"Retry-After": "2"},
+            ) from None
         prepared_at = time.perf_counter()
         try:
             outcome = await asyncio.wait_for(self.batcher.submit(prepared), self.config.request_timeout_s)
@@ -165,6 +183,7 @@ def create_app(
             if loading is not None and not loading.done():
                 loading.cancel()  # the loader thread itself cannot be stopped; its result is dropped
             await state.batcher.stop()
+            state.decoder.shutdown()
 
     app = FastAPI(
         title="BiomedGPT API",
@@ -174,9 +193,16 @@ def create_app(
     )
     app.state.serve = state
     install_error_handlers(app, metrics)
-    # Added innermost first: metrics see every response, the body limit applies after the key check.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    # Added innermost first: metrics see every response, the connection cap comes before the key check, and
+    # the body limits apply after it.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.body_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(APIKeyMiddleware, api_key=config.api_key, metrics=metrics)
+    app.add_middleware(ConnectionCapMiddleware, max_connections=config.max_connections, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_probe_routes(app, state)
     _add_v1_routes(app, state)
@@ -225,6 +251,8 @@ def _add_probe_routes(app: FastAPI, state: ServerState) -> None:
     async def metrics() -> Response:
         """Prometheus text exposition."""
         state.metrics.queue_size.set(state.batcher.queue_size)
+        state.metrics.decode_bytes.set(state.decoder.in_use)
+        state.metrics.decode_waiting.set(state.decoder.waiting)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 
@@ -259,6 +287,7 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
                 404, f"unknown task {task!r}; this model serves: {', '.join(engine.tasks)}", param="task"
             )
         body, image = await read_task_body(request, max_part_bytes=state.config.max_body_bytes)
+        check_text_lengths(body, limit=state.config.max_text_chars)
         fields = {}
         for name in sorted(set(TASK_FIELDS.values())):
             value = getattr(body, name)
@@ -276,11 +305,13 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
             closed_set=body.closed_set,
         )
         result = served.outcome.result
+        # A mask at a large image's size takes a while to encode: off the event loop.
+        output = await asyncio.to_thread(render_output, result.output, mask_format=body.mask_format)
         return {
             "task": task,
             "model": engine.model_id,
             "prompt": result.prompt,
-            "output": render_output(result.output, mask_format=body.mask_format),
+            "output": output,
             "usage": {
                 "prompt_tokens": len(served.prepared.prompt_ids),
                 "completion_tokens": result.generated_tokens,
@@ -297,6 +328,7 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
     async def chat_completions(body: ChatBody) -> dict[str, Any]:
         """OpenAI chat completions with one `image_url` data-URL part; see `openai_compat.py`."""
         engine = state.require_engine()
+        check_text_lengths(body, limit=state.config.max_text_chars)
         plan = plan_chat(body, model_id=engine.model_id, tasks=engine.tasks)
         try:
             served = await state.serve(
@@ -312,11 +344,12 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
             message = err.message.replace("max_new_tokens", plan.max_tokens_param)
             raise RequestError(message, status=err.status, field=chat_error_field(err.field, plan)) from None
         result = served.outcome.result
+        output = await asyncio.to_thread(render_output, result.output, mask_format=body.mask_format)
         return chat_completion(
             model=body.model,
             task=result.task,
             prompt=result.prompt,
-            output=render_output(result.output, mask_format=body.mask_format),
+            output=output,
             prompt_tokens=len(served.prepared.prompt_ids),
             completion_tokens=result.generated_tokens,
             finished=served.finished,

@@ -61,7 +61,27 @@ class ServeConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest request body (checked on Content-Length and while reading); larger answers 413."""
     max_image_pixels: int = 40_000_000
-    """Images with more pixels answer 413 (checked on the header, before decoding)."""
+    """Images with more pixels answer 413 (checked on the header, before decoding). Values above Pillow's own
+    bomb limit (about 89 M) take effect: uploads are opened without Pillow's global check."""
+    max_decode_bytes: int = 512 * 1024 * 1024
+    """Budget of decoded image bytes held by all decodes at once (estimated from each header); a decode waits
+    for its share, and one image that alone needs more answers 413."""
+    decode_workers: int = 2
+    """Threads decoding ordinary uploads; large ones (over 64 MiB decoded) have one thread of their own."""
+    image_working_side: int = 2048
+    """Uploads with a longer side of at least twice this are reduced to at least this while decoding (JPEG at a
+    smaller DCT scale): the model sees a few hundred pixels, so nothing larger is kept in memory."""
+    max_text_chars: int = 20_000
+    """Characters of one text field or chat message; longer answers 422 before it is tokenized."""
+    max_connections: int = 64
+    """Open connections served at once; a request on a connection beyond that answers 503 and is closed."""
+    header_timeout_s: float = 10.0
+    """Time a connection has to send a request's line and headers (from opening, or from the previous
+    response); then it is closed (408 if it had sent part of them)."""
+    body_timeout_s: float = 30.0
+    """Time a request has to send its whole body once its headers are in; then it answers 408 and is closed."""
+    keep_alive_timeout_s: float = 5.0
+    """An idle keep-alive connection is closed after this long without a new request."""
     max_prompt_tokens: int = 256
     """Prompt tokens (with <s> and </s>); longer prompts answer 422."""
     max_new_tokens: int = 1024
@@ -79,8 +99,24 @@ class ServeConfig:
         check(bool(self.host.strip()), "host", "must not be empty")
         check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
         check(self.api_key is None or bool(self.api_key.strip()), "api_key", "must not be empty (use null)")
-        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_decode_bytes",
+            "decode_workers",
+            "max_text_chars",
+            "max_connections",
+        ):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(
+            self.image_working_side >= 64,
+            "image_working_side",
+            f"must be >= 64, got {self.image_working_side}",
+        )
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            check(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         for name in ("max_prompt_tokens", "max_new_tokens", "max_beams"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         check(
@@ -109,6 +145,16 @@ class ServeConfig:
             max_new_tokens=self.max_new_tokens,
             max_image_pixels=self.max_image_pixels,
             max_beams=self.max_beams,
+        )
+
+    def image_limits(self) -> Any:
+        """The `ImageLimits` these settings imply (the API and the demo decode uploads with them)."""
+        from biomedgpt.serve.images import ImageLimits
+
+        return ImageLimits(
+            max_pixels=self.max_image_pixels,
+            max_decode_bytes=self.max_decode_bytes,
+            working_side=self.image_working_side,
         )
 
     def redacted(self) -> dict[str, Any]:

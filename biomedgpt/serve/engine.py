@@ -13,6 +13,7 @@ settings, trained tasks, model id) and `answers.json` (closed-set answers per ta
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import math
@@ -82,6 +83,8 @@ class Engine(abc.ABC):
         trained = serving.get("tasks") or list(SERVED_TASKS)
         self.tasks: tuple[str, ...] = tuple(t for t in SERVED_TASKS if t in trained)
         self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
+        # The prompt each task was trained with, as the model folder records it (imports: BiomedGPT's own).
+        self.prompts: dict[str, str] = dict(serving.get("prompts") or {})
         self._tries: dict[str, AnswerTrie] = {}
         layout = self.tokenizer.layout
         self.special_ids = SpecialIds(
@@ -114,14 +117,16 @@ class Engine(abc.ABC):
             sample = Sample(
                 key="request", task=request.task, split="test", fields=_sample_fields(request.task, value)
             )
-            prompt = task.build_prompt(sample)
+            prompt = task.build_prompt(sample, template=self.prompts.get(request.task))
         prompt_ids = self.tokenizer.encode_prompt(prompt)
         if len(prompt_ids) > self.limits.max_prompt_tokens:
             raise RequestError(
                 f"the prompt has {len(prompt_ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}",
                 field="prompt",
             )
-        width, height = request.image.size
+        if request.image is None:
+            raise RequestError("the request has no image", field="image")
+        width, height = request.orig_size or request.image.size
         if width * height > self.limits.max_image_pixels:
             raise RequestError(
                 f"the image has {width * height} pixels, more than the limit of {self.limits.max_image_pixels}",
@@ -145,6 +150,8 @@ class Engine(abc.ABC):
             )
         use_trie = task.closed_set and bool(self.answers.get(task.name)) and request.closed_set is not False
         pixels = task.transform_pixels(self.image_processor.preprocess_one(request.image))
+        # The upload is no longer needed: drop it, so a request waiting for its batch holds only `pixels`.
+        request = dataclasses.replace(request, image=None)
         return Prepared(request, prompt, prompt_ids, pixels, (width, height), max_new, beams, use_trie)
 
     def default_max_new_tokens(self, task: str) -> int:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from biomedgpt.serve.metrics import ServeMetrics
 from biomedgpt.serve.types import RequestError
@@ -33,6 +34,7 @@ _CODES = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     422: "invalid_value",
@@ -101,6 +103,10 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return error_response(from_http_exception(request, exc), metrics)
 
+    async def client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this answer; the metrics middleware counts and logs the disconnect (status 499).
+        return JSONResponse(error_body(400, "the client disconnected", code="client_disconnect"), 400)
+
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(APIError(500, "internal server error"), metrics)
@@ -109,6 +115,7 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -124,18 +131,30 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
     message = first.get("msg", "invalid value")
     if first.get("type") == "missing" and param is None:
         message = "the request body is empty or missing"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown field"
     text = f"{param}: {message}" if param else message
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return APIError(422, text, param=param)
 
 
+MAX_NAME_CHARS = 40
+"""Longest field name quoted back in an error; a client's unknown field may be megabytes long."""
+
+
+def short_name(name: str) -> str:
+    """A client's field name fit to quote back: at most `MAX_NAME_CHARS` characters."""
+    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 3] + "..."
+
+
 def location(loc: Any) -> str | None:
-    """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
+    """('body', 'messages', 0, 'content') -> 'messages[0].content', each name cut by `short_name`."""
     parts = [p for p in loc if p not in ("body", "query", "path", "header")] if loc else []
     text = ""
     for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        name = short_name(str(part))
+        text += f"[{part}]" if isinstance(part, int) else (f".{name}" if text else name)
     return text or None
 
 

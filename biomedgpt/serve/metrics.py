@@ -1,7 +1,7 @@
 """Prometheus metrics of one server: a `CollectorRegistry` per app, so several apps (tests) never share counters.
 
-Route labels are route templates (`/v1/tasks/{task}`), never raw paths: a scanner hitting random URLs must not
-grow the label set without bound.
+Labels are bounded: routes are route templates (`/v1/tasks/{task}`, else "other"), never raw paths, and methods
+are the standard ones (else "other"): a scanner sending random URLs or methods must not grow the label set.
 """
 
 from __future__ import annotations
@@ -15,7 +15,17 @@ from prometheus_client import (
     generate_latest,
 )
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+DISCONNECTED_STATUS = 499
+"""The status label of a request whose client went away before the response (nginx's convention)."""
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def method_label(method: str) -> str:
+    """`method` if it is a standard HTTP method, else "other"."""
+    return method if method in KNOWN_METHODS else "other"
+
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -54,9 +64,15 @@ class ServeMetrics:
             "biomedgpt_generated_tokens", "Tokens generated for answered requests", ["task"], registry=r
         )
         self.model_ready = Gauge("biomedgpt_model_ready", "1 once the model is loaded", registry=r)
+        self.decode_bytes = Gauge(
+            "biomedgpt_image_decode_bytes", "Decoded image bytes reserved by decodes in progress", registry=r
+        )
+        self.decode_waiting = Gauge(
+            "biomedgpt_image_decode_waiting", "Image decodes waiting for the decode budget", registry=r
+        )
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.requests.labels(route=route, method=method_label(method), status=str(status)).inc()
         self.latency.labels(route=route).observe(seconds)
 
     def observe_batch(self, *, size: int, seconds: float) -> None:

@@ -25,15 +25,20 @@ _DATA_URL = re.compile(
 )
 
 
-def decode_base64(text: str, *, field: str = "image") -> bytes:
-    """Standard or URL-safe base64, whitespace and missing padding tolerated; 422 otherwise."""
+def decode_base64(text: str, *, field: str = "image", source: str | None = None) -> bytes:
+    """Standard or URL-safe base64, whitespace and missing padding tolerated; 422 otherwise.
+
+    `source` names what held the text in the error message (default: "the field '<field>'").
+    """
     compact = "".join(text.split())
     compact += "=" * (-len(compact) % 4)
     altchars = b"-_" if ("-" in compact or "_" in compact) else None
     try:
         return base64.b64decode(compact, altchars=altchars, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(f"the {field} is not valid base64", field=field) from None
+    except (binascii.Error, ValueError) as err:
+        reason = str(err).split(":", 1)[0] or "invalid characters or length"
+        what = source or f"the field {field!r}"
+        raise RequestError(f"{what} is not valid base64 ({reason})", field=field) from None
 
 
 def image_bytes_from_url(url: str, *, field: str = "image") -> bytes:
@@ -49,7 +54,8 @@ def image_bytes_from_url(url: str, *, field: str = "image") -> bytes:
         raise RequestError("the image URL must be a data URL: data:image/png;base64,...", field=field)
     if not match.group("b64"):
         raise RequestError("the image data URL must be base64 encoded (;base64,)", field=field)
-    return decode_base64(url[match.end() :], field=field)
+    where = "the image data URL" if field == "image" else f"the image data URL in {field!r}"
+    return decode_base64(url[match.end() :], field=field, source=f"the data of {where}")
 
 
 def image_bytes_from_field(value: str, *, field: str = "image") -> bytes:

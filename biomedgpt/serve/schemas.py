@@ -2,7 +2,8 @@
 
 Unknown fields are errors (a typo such as `max_new_token` must not be silently ignored); the chat body accepts
 the OpenAI parameters a client commonly sends even where they change nothing here (`temperature`: decoding is
-greedy or beam search, deterministic).
+greedy or beam search, deterministic). Text lengths are checked by the app against `ServeConfig.max_text_chars`
+(`check_text_lengths`), so the limit is configurable and its message names it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Prompt text is bounded in tokens by the engine; this bounds the work of tokenizing it at all.
-MAX_TEXT_CHARS = 20_000
+from biomedgpt.serve.types import RequestError
 
 MaskFormat = Literal["png", "rle", "both"]
-TextField = Annotated[str | None, Field(default=None, max_length=MAX_TEXT_CHARS)]
+TextField = Annotated[str | None, Field(default=None)]
+TASK_TEXT_FIELDS = ("question", "text", "structure", "prompt")
 
 
 class TaskBody(BaseModel):
@@ -51,7 +52,7 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
-    text: str = Field(max_length=MAX_TEXT_CHARS)
+    text: str
 
 
 class ImagePart(BaseModel):
@@ -69,7 +70,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | list[ContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
@@ -126,3 +127,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "Model loading or queue full (see Retry-After)",
     }.items()
 }
+
+
+def check_text_lengths(body: TaskBody | ChatBody, *, limit: int) -> None:
+    """422 naming the first text longer than `limit` characters, its length and the limit."""
+    texts: list[tuple[str, str]] = []
+    if isinstance(body, TaskBody):
+        texts = [(name, value) for name in TASK_TEXT_FIELDS if (value := getattr(body, name)) is not None]
+    else:
+        for i, message in enumerate(body.messages):
+            if isinstance(message.content, str):
+                texts.append((f"messages[{i}].content", message.content))
+            elif isinstance(message.content, list):
+                texts += [
+                    (f"messages[{i}].content[{j}].text", part.text)
+                    for j, part in enumerate(message.content)
+                    if isinstance(part, TextPart)
+                ]
+    for where, text in texts:
+        if len(text) > limit:
+            raise RequestError(
+                f"{where}: the text has {len(text):,} characters, more than this server's limit of {limit:,}",
+                field=where.split("[", 1)[0],
+            )

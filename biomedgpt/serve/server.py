@@ -1,7 +1,9 @@
 """Running the app under uvicorn: in the foreground (`biomedgpt serve`) or on a background thread (tests, demo).
 
 uvicorn is driven programmatically (`uvicorn.Server`), so the CLI owns argument parsing and the process keeps
-one event loop; the background variant waits until the socket is bound before returning.
+one event loop; the background variant waits until the socket is bound before returning. Connections are served
+by `protocol.GuardedH11Protocol`: uvicorn's HTTP/1.1 protocol with header and body deadlines and the connection
+cap of `ServeConfig`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ from biomedgpt.serve.config import ServeConfig
 def uvicorn_config(app: Any, config: ServeConfig, **overrides: Any) -> Any:
     import uvicorn
 
+    from biomedgpt.serve.protocol import guarded_protocol
+
     settings: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
         "log_level": config.log_level,
         "server_header": False,  # do not advertise the server software
-        "timeout_keep_alive": 5,
+        "http": guarded_protocol(
+            header_timeout_s=config.header_timeout_s,
+            body_timeout_s=config.body_timeout_s,
+            max_connections=config.max_connections,
+        ),
+        "ws": "none",  # the API has no websocket route: an Upgrade header must not switch protocols
+        "timeout_keep_alive": config.keep_alive_timeout_s,
         "timeout_graceful_shutdown": 10,
+        "backlog": max(128, 2 * config.max_connections),
         **overrides,
     }
     return uvicorn.Config(app, **settings)

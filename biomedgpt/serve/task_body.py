@@ -13,8 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from biomedgpt.serve.http_errors import APIError
+from biomedgpt.serve.http_errors import APIError, short_name
 from biomedgpt.serve.payloads import image_bytes_from_field
 from biomedgpt.serve.schemas import TaskBody
 from biomedgpt.serve.types import RequestError
@@ -51,24 +52,52 @@ async def _read_json(request: Request) -> TaskBody:
         raise _as_request_validation(err) from None
 
 
+async def _check_multipart_complete(request: Request) -> None:
+    """400 for a multipart body without a boundary parameter or cut before its closing boundary.
+
+    Starlette's parser stops quietly at the end of a truncated body, so the parts cut off would otherwise
+    look like parts never sent ("the form needs an 'image' file part"). The body is read (and cached for the
+    form parser) here; its size is bounded by the body limit.
+    """
+    params = request.headers.get("content-type", "").split(";")[1:]
+    boundary = next(
+        (p.split("=", 1)[1].strip().strip('"') for p in params if p.strip().startswith("boundary=")), ""
+    )
+    if not boundary:
+        raise APIError(
+            400, "the multipart/form-data Content-Type has no boundary parameter", code="malformed_body"
+        )
+    raw = await request.body()
+    if b"--" + boundary.encode("latin-1", "replace") + b"--" not in raw:
+        raise APIError(
+            400,
+            f"the multipart body is truncated or malformed: it has no closing boundary ({len(raw):,} bytes "
+            "received); send the whole form",
+            code="malformed_body",
+        )
+
+
 async def _read_form(request: Request, *, max_part_bytes: int) -> tuple[TaskBody, bytes]:
+    if media_type(request) == "multipart/form-data":
+        await _check_multipart_complete(request)
     try:
         form = await request.form(
             max_files=1, max_fields=len(TaskBody.model_fields) + 1, max_part_size=max_part_bytes
         )
-    except HTTPException:
-        raise  # Starlette's own 400s for malformed multipart, and our 413
-    except Exception as err:  # a missing boundary and the like: the client's fault, never a 500
+    except (HTTPException, ClientDisconnect):
+        raise  # Starlette's own 400s for malformed multipart, our 413/408, and a client gone mid-body
+    except Exception as err:  # a malformed part and the like: the client's fault, never a 500
         raise APIError(400, f"the form data could not be parsed: {type(err).__name__}") from None
     fields: dict[str, Any] = {}
     image: bytes | None = None
     for key, value in form.multi_items():
+        name = short_name(key)
         if key in fields or (key == "image" and image is not None):
-            raise RequestError(f"the field {key!r} is given more than once", field=key)
+            raise RequestError(f"the field {name!r} is given more than once", field=name)
         if key == "image":
             image = await value.read() if isinstance(value, UploadFile) else image_bytes_from_field(value)
         elif isinstance(value, UploadFile):
-            raise RequestError(f"the field {key!r} must be a plain form field, not a file", field=key)
+            raise RequestError(f"the field {name!r} must be a plain form field, not a file", field=name)
         else:
             fields[key] = value
     await form.close()

@@ -28,7 +28,10 @@ class TaskRequest:
     """One inference request, validated by the HTTP layer's schema but not yet by the engine."""
 
     task: str
-    image: Image.Image
+    image: Image.Image | None
+    """The image; None once prepared (`Prepared.pixels` holds what the model sees, so the upload is freed)."""
+    orig_size: tuple[int, int] | None = None
+    """(width, height) of the image as sent when `image` is a reduced copy of it (large uploads); None: its size."""
     fields: dict[str, str] = field(default_factory=dict)
     """Task slots: `question` (vqa), `text` (grounding), `structure` (segmentation)."""
     instruction: str | None = None

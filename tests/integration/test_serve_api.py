@@ -239,7 +239,7 @@ def test_metrics_count_requests_tokens_and_errors(api, server):
     assert "biomedgpt_queue_size" in text and metric(text, "biomedgpt_model_ready") == 1
     # Unknown paths share one label: scanners cannot grow the label set.
     httpx.get(f"{server.url}/random/{time.time()}")
-    assert 'route="unmatched"' in httpx.get(f"{server.url}/metrics").text
+    assert 'route="other"' in httpx.get(f"{server.url}/metrics").text
 
 
 def test_concurrent_requests_are_batched(api, server):
