@@ -8,6 +8,7 @@ Prints ms per decoding step and the ratio peer/ours (> 1 means ours is faster). 
 speed does not depend on them.
 
     python benchmarks/bench_generate.py --arch small --batch 1 8
+    python benchmarks/bench_generate.py --model models/random-ofa-base --batch 1 8   # a model folder (an import)
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import torch
 from _common import bart_peer, per_step_ms
 
 
-def build_models(arch: str, vocab_size: int):
+def build_models(arch: str, vocab_size: int, model_dir: str | None = None):
+    """Ours (a named size with random weights, or the model folder `model_dir`) and the BART peer."""
     from biomedgpt.model.configuration import BiomedGPTConfig
     from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
 
     torch.manual_seed(0)
+    if model_dir is not None:
+        ours = BiomedGPTForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True).eval()
+        return ours, bart_peer(ours.config)
     ours_cfg = BiomedGPTConfig.from_arch(arch, vocab_size=vocab_size)
     ours = BiomedGPTForConditionalGeneration(ours_cfg).eval()
     peer = bart_peer(ours_cfg)
@@ -32,11 +37,20 @@ def build_models(arch: str, vocab_size: int):
 
 
 def measure(
-    arch: str, batch: int, *, new_tokens: int, image_size: int, prompt_len: int, vocab_size: int, repeats: int
+    arch: str,
+    batch: int,
+    *,
+    new_tokens: int,
+    image_size: int,
+    prompt_len: int,
+    vocab_size: int,
+    repeats: int,
+    model_dir: str | None = None,
 ) -> dict[str, float]:
     from biomedgpt.model.generation import DecodeOptions, decode
 
-    ours, peer = build_models(arch, vocab_size)
+    ours, peer = build_models(arch, vocab_size, model_dir)
+    vocab_size = ours.config.vocab_size
     prompt = torch.randint(10, vocab_size - 10, (batch, prompt_len))
     images = torch.randn(batch, 3, image_size, image_size)
     source_len = (image_size // 16) ** 2 + prompt_len
@@ -73,6 +87,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arch", default="small")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a model folder (e.g. from `biomedgpt import`); sets size, vocabulary, image",
+    )
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=256)
@@ -83,6 +102,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model:
+        from pathlib import Path
+
+        config = json.loads((Path(args.model) / "config.json").read_text())
+        args.arch, args.image_size, args.vocab_size = args.model, config["image_size"], config["vocab_size"]
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()}, arch {args.arch}, {args.new_tokens} new tokens, image {args.image_size}px, "
@@ -97,6 +121,7 @@ def main() -> None:
             prompt_len=args.prompt_len,
             vocab_size=args.vocab_size,
             repeats=args.repeats,
+            model_dir=args.model,
         )
         print(json.dumps({"batch": batch, **{k: round(v, 3) for k, v in row.items()}}))
 

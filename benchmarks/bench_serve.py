@@ -142,19 +142,33 @@ def write_model_folder(directory: Path, arch: str, image_size: int) -> None:
 
 
 def prepare_model(
-    arch: str, image_size: int, cache_dir: Path | None, scratch: Path
+    arch: str, image_size: int, cache_dir: Path | None, scratch: Path, *, model: Path | None = None
 ) -> tuple[Path, Path, bool]:
-    """-> (model folder, export folder with fp32 and int8 graphs, reused from the cache)."""
-    root = (cache_dir or scratch) / f"{arch}-{image_size}px-{_cache_key(arch, image_size)}"
+    """-> (model folder, export folder with fp32 and int8 graphs, reused from the cache).
+
+    `model`: an existing model folder (e.g. from `biomedgpt import`) instead of a random one of `arch`."""
+    if model is not None:
+        from biomedgpt.hashing import sha256_file
+
+        key = sha256_file(model / "model.safetensors")[:12]
+        root = (cache_dir or scratch) / f"folder-{model.name}-{key}"
+    else:
+        root = (cache_dir or scratch) / f"{arch}-{image_size}px-{_cache_key(arch, image_size)}"
     model_dir, export_dir, done = root / "model", root / "export", root / "done"
+    if model is not None:
+        model_dir = model
     if done.is_file():
         return model_dir, export_dir, True
     if root.exists():
         shutil.rmtree(root)
-    model_dir.mkdir(parents=True)
+    root.mkdir(parents=True)
     started = time.perf_counter()
-    progress(f"building and exporting the {arch} model ({image_size}px) into {root} ...")
-    write_model_folder(model_dir, arch, image_size)
+    if model is None:
+        model_dir.mkdir(parents=True)
+        progress(f"building and exporting the {arch} model ({image_size}px) into {root} ...")
+        write_model_folder(model_dir, arch, image_size)
+    else:
+        progress(f"exporting {model} into {root} ...")
     from biomedgpt.export.onnx_export import ExportOptions, export_checkpoint
     from biomedgpt.export.quantize import quantize_graphs
 
@@ -346,6 +360,7 @@ def run_engines(model_dir: Path, export_dir: Path, args) -> dict[str, Any]:
     image = request_image()
     probe = load_engine(export_dir, engine="onnxruntime", num_threads=args.threads)
     prompt_len = len(probe.prepare(_task_request(image, 1)).prompt_ids)
+    vocab = probe.vocab_size
     del probe
     rows: list[dict[str, Any]] = []
     for name in args.engines:
@@ -366,7 +381,7 @@ def run_engines(model_dir: Path, export_dir: Path, args) -> dict[str, Any]:
                 "request": round(p["request_ms"] / r["request_ms"], 2),
                 "per_step_goal": PER_STEP_GOALS.get(r["engine"]),
             }
-    return {"prompt_tokens": prompt_len, "rows": rows, "ratios_peer_over_ours": ratios}
+    return {"prompt_tokens": prompt_len, "vocab": vocab, "rows": rows, "ratios_peer_over_ours": ratios}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -690,7 +705,8 @@ def run_load(export_dir: Path, work: Path, args) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------
 def print_engines(part: dict[str, Any], args) -> None:
     print(
-        f"\n## Engines: {args.arch}, vocab {VOCAB_SIZE}, image {args.image_size}px, prompt "
+        f"\n## Engines: {args.model or args.arch}, vocab {part.get('vocab', VOCAB_SIZE)}, image {args.image_size}px, "
+        "prompt "
         f"{part['prompt_tokens']} tokens, {args.new_tokens} new tokens, greedy, median of {args.repeats}, "
         f"{args.threads} threads (torch and ONNX Runtime)"
     )
@@ -789,6 +805,12 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 64 px, few iterations")
     parser.add_argument("--arch", default=None, help="model size of the engine comparison (default small)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a model folder (e.g. from `biomedgpt import`) instead of --arch",
+    )
     parser.add_argument("--image-size", type=int, default=None, help="default 256 (64 with --quick)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=None, help="decoded tokens (default 32; 8 quick)")
@@ -830,6 +852,8 @@ def main() -> int:
     args = parser.parse_args()
     quick = args.quick
     args.arch = args.arch or ("tiny" if quick else "small")
+    if args.model is not None:  # the folder fixes the input side
+        args.image_size = json.loads((args.model / "config.json").read_text())["image_size"]
     args.image_size = args.image_size or (64 if quick else 256)
     args.new_tokens = args.new_tokens or (8 if quick else 32)
     args.repeats = args.repeats or (2 if quick else 5)
@@ -862,7 +886,9 @@ def main() -> int:
     cache = None if args.no_cache else args.cache_dir
     with tempfile.TemporaryDirectory(prefix="bench_serve.") as scratch:
         work = Path(scratch)
-        model_dir, export_dir, reused = prepare_model(args.arch, args.image_size, cache, work)
+        model_dir, export_dir, reused = prepare_model(
+            args.arch, args.image_size, cache, work, model=args.model
+        )
         results["export_cached"] = reused
         if not args.skip_engines:
             results["engines"] = run_engines(model_dir, export_dir, args)

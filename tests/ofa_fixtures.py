@@ -99,30 +99,9 @@ def reference_ids(bpe_dir: Path, text: str) -> list[int]:
 
 def ofa_state_dict(model) -> dict[str, Any]:
     """`model`'s weights under OFA's fairseq names, plus the buffers OFA saves (bucket tables, versions)."""
-    import torch
+    from biomedgpt.model.convert.ofa_keys import to_ofa_state_dict
 
-    from biomedgpt.model.convert.ofa_keys import expected_buffers
-
-    state = {}
-    for key, value in model.state_dict().items():
-        if key == "lm_head.weight" or key.endswith(
-            ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
-        ):
-            continue
-        if key == "model.shared.weight":
-            for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-                state[name] = value.clone()
-            state["decoder.output_projection.weight"] = value.clone()
-            continue
-        state[key[len("model.") :].replace(".ffn.", ".")] = value.clone()
-    for key, expected in expected_buffers(model.config).items():
-        if expected is None:
-            state[key] = torch.tensor([3.0])
-        elif callable(expected):
-            state[key] = expected(1 + model.config.code_grid_size**2 + 769)
-        else:
-            state[key] = expected.clone()
-    return state
+    return to_ofa_state_dict(model)
 
 
 def random_ofa_model(*, seed: int = 0, image_size: int = 64, vocab_size: int, **overrides):

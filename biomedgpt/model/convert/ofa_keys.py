@@ -24,6 +24,7 @@ TIED_SOURCES = (
     "decoder.output_projection.weight",
 )
 TIED_TARGET = "model.shared.weight"
+OFA_CODE_POSITION_FILLERS = 769  # fillers after the code grid in fairseq OFA's decoder image_position_idx
 _FFN = re.compile(r"^((?:encoder|decoder)\.layers\.\d+)\.(fc1|fc2|ffn_layernorm)\.(weight|bias)$")
 
 
@@ -162,6 +163,32 @@ def map_state_dict(
             "the checkpoint lacks tensors this model needs:\n  " + "\n  ".join(_source_names(missing))
         )
     return out, report
+
+
+def to_ofa_state_dict(model: Any) -> dict[str, Any]:
+    """The inverse mapping: `model`'s weights under OFA's fairseq names, with the buffers OFA saves (its
+    bucket tables, code position ids and version markers), as fairseq's OFA would `state_dict()` them."""
+    import torch
+
+    state: dict[str, Any] = {}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight" or key.endswith(
+            ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+        ):
+            continue
+        if key == TIED_TARGET:
+            for name in TIED_SOURCES:
+                state[name] = value.clone()
+            continue
+        state[key[len("model.") :].replace(".ffn.", ".")] = value.clone()
+    for key, expected in expected_buffers(model.config).items():
+        if expected is None:
+            state[key] = torch.tensor([3.0])
+        elif callable(expected):
+            state[key] = expected(1 + model.config.code_grid_size**2 + OFA_CODE_POSITION_FILLERS)
+        else:
+            state[key] = expected.clone()
+    return state
 
 
 def _source_names(keys: list[str]) -> list[str]:
