@@ -242,3 +242,22 @@ def test_npy_images_and_masks(folder, tmp_path):
     (sample,) = _read_all(tmp_path / "out").values()
     np.testing.assert_array_equal(sample.image, image)  # uint16 intensities kept
     np.testing.assert_array_equal(sample.mask, labels != 0)
+
+
+def test_exif_orientation_turns_image_and_mask_alike(tmp_path: Path):
+    """A phone photo stored sideways with an EXIF Orientation tag: shards hold it upright, mask included."""
+    from biomedgpt.data.imageio import load_image
+    from biomedgpt.data.manifest_input import load_mask
+
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:, :8] = 255  # a band along the stored left edge
+    for name, mode in (("photo.jpg", "JPEG"), ("mask.png", "PNG")):
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[0x0112] = 6  # viewers rotate it 90 degrees clockwise: the band ends up along the top
+        image.save(tmp_path / name, format=mode, exif=exif.tobytes())
+    pixels = load_image(tmp_path / "photo.jpg").pixels
+    mask = load_mask(tmp_path / "mask.png", slice_index=None)
+    assert pixels.shape == mask.shape == (40, 20)
+    assert mask[:8].all() and not mask[8:].any()
+    assert pixels[:6].mean() > 200 and pixels[10:].mean() < 30

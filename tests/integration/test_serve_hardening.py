@@ -1,0 +1,331 @@
+"""The API against the hostile probe of issue 16: malformed images, disconnects, odd methods, stalled and surplus
+connections, 16-bit images, and error messages a person can act on. A real uvicorn server on 127.0.0.1.
+
+Two servers: the suite's usual one (`running_api`), and a "tight" one with one-second deadlines, four connections
+and a pixel limit above Pillow's own, for the tests that need those.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests._upload_samples import ACCEPTED_CONTENT_TYPES, accepted_samples, encode, refused_samples
+from tests.integration._serve_api import (
+    API_KEY,
+    AUTH,
+    assert_json_error,
+    bomb_png,
+    chat_kwargs,
+    image_part,
+    running_api,
+)
+
+pytestmark = pytest.mark.integration
+
+TIGHT = {
+    "header_timeout_s": 1.0,
+    "body_timeout_s": 1.5,
+    "keep_alive_timeout_s": 1.0,
+    "max_connections": 4,
+    "max_image_pixels": 100_000_000,
+}
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir):
+    with running_api(served_model_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def tight(served_model_dir):
+    with running_api(served_model_dir, **TIGHT) as running:
+        yield running
+
+
+def metric_lines(server, name: str) -> list[str]:
+    text = httpx.get(f"{server.url}/metrics").text
+    return [line for line in text.splitlines() if line.startswith(name)]
+
+
+def raw_connection(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.config.port), timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def data_url(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64," + base64.b64encode(data).decode()
+
+
+# ----------------------------------------------------------------------------- images: 4xx, never 5xx
+
+
+@pytest.mark.parametrize("name", list(refused_samples()))
+def test_malformed_and_other_formats_are_4xx_naming_the_format_on_every_route(api, name):
+    data = refused_samples()[name]
+    responses = {
+        "form": api.post("/v1/tasks/caption", files={"image": ("upload.bin", data, "image/png")}),
+        "json": api.post("/v1/tasks/caption", json={"image": base64.b64encode(data).decode()}),
+        "chat": api.post("/v1/chat/completions", **chat_kwargs([image_part(data_url(data))])),
+    }
+    for route, response in responses.items():
+        error = assert_json_error(response, 422)
+        assert "could not be decoded" in error["message"], (route, error)
+        assert ("TIFF" if "TIFF" in name else "send PNG, JPEG, WebP, BMP, TIFF or DICOM") in error["message"]
+        assert " at 0x" not in error["message"]
+
+
+@pytest.mark.parametrize("name", list(accepted_samples()))
+def test_every_accepted_format_is_answered(api, name):
+    filename = "scan.dcm" if name == "DICOM" else f"image.{name.lower()}"
+    response = api.post(
+        "/v1/tasks/caption",
+        files={"image": (filename, accepted_samples()[name], ACCEPTED_CONTENT_TYPES[name])},
+        data={"max_new_tokens": "2"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_16_bit_png_gets_the_answer_of_its_8_bit_scaling(api):
+    rng = np.random.default_rng(3)
+    gray16 = (rng.random((48, 64)) * 60000).astype(np.uint16)  # a 16-bit image using the whole range
+    gray8 = (gray16.astype(np.float32) / 257.0).round().astype(np.uint8)  # how training data scales it
+
+    def answer(pixels: np.ndarray) -> dict:
+        body = {
+            "image": base64.b64encode(encode(Image.fromarray(pixels), "PNG")).decode(),
+            "max_new_tokens": 12,
+        }
+        response = api.post("/v1/tasks/detection", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()["output"]
+
+    clipped = np.minimum(gray16, 255).astype(np.uint8)  # what convert("RGB") made of it
+    assert answer(gray16) == answer(gray8)
+    assert answer(gray8) != answer(clipped)  # the model does see the difference
+
+
+# ----------------------------------------------------------------------------- disconnects, metrics labels
+
+
+def test_a_client_gone_mid_body_is_a_disconnect_not_a_server_error(server, caplog):
+    caplog.set_level(logging.INFO)
+    for path in ("/v1/tasks/caption", "/v1/chat/completions"):
+        sock = raw_connection(server)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'{"image": "' + b"A" * 500)
+        time.sleep(0.2)
+        sock.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(metric_lines(server, "biomedgpt_requests_total")) < 1:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    requests = metric_lines(server, "biomedgpt_requests_total")
+    assert not [line for line in requests if 'status="500"' in line], requests
+    assert [line for line in requests if 'status="499"' in line], requests
+    errors = metric_lines(server, "biomedgpt_request_errors_total")
+    assert not [line for line in errors if "internal_error" in line], errors
+    assert [line for line in errors if 'code="client_disconnect"' in line and line.endswith(" 2.0")], errors
+    logged = [r for r in caplog.records if r.name.startswith("biomedgpt")]
+    assert not [r for r in logged if r.levelno >= logging.ERROR or r.exc_info], [
+        r.getMessage() for r in logged
+    ]
+    disconnects = [r.getMessage() for r in logged if "disconnected" in r.getMessage()]
+    assert len(disconnects) == 2 and all("\n" not in line for line in disconnects)
+
+
+def test_odd_methods_share_one_metric_label(server):
+    for i in range(25):
+        sock = raw_connection(server)
+        sock.sendall(f"X{i}ODD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        read_until_closed(sock)
+        sock.close()
+    requests = metric_lines(server, "biomedgpt_requests_total")
+    methods = {m for line in requests for m in re.findall(r'method="([^"]*)"', line)}
+    assert "other" in methods and methods <= {
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "DELETE",
+        "PATCH",
+        "OPTIONS",
+        "other",
+    }
+
+
+# ----------------------------------------------------------------------------- messages a person can act on
+
+
+def test_the_413_quotes_our_pixel_limit(api):
+    error = assert_json_error(
+        api.post("/v1/tasks/caption", json={"image": base64.b64encode(bomb_png()).decode()}), 413
+    )
+    assert "40,000,000" in error["message"]
+    assert "89,478,485" not in error["message"] and "178,956,970" not in error["message"]
+
+
+def test_a_pixel_limit_above_pillows_takes_effect(tight):
+    png = encode(Image.new("L", (10_000, 9_500), 90), "PNG")  # 95 M pixels, over Pillow's 89,478,485
+    response = httpx.post(
+        f"{tight.url}/v1/tasks/caption",
+        headers=AUTH,
+        json={"image": base64.b64encode(png).decode(), "max_new_tokens": 2},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_long_chat_text_names_the_length_limit(api):
+    error = assert_json_error(
+        api.post(
+            "/v1/chat/completions", **chat_kwargs([{"type": "text", "text": "a" * 100_000}, image_part()])
+        ),
+        422,
+    )
+    assert "100,000 characters" in error["message"] and "20,000" in error["message"]
+    assert error["param"] == "messages"
+    plain = assert_json_error(api.post("/v1/chat/completions", **chat_kwargs("b" * 100_000)), 422)
+    assert "20,000" in plain["message"]
+
+
+def test_invalid_base64_names_the_field(api):
+    task = assert_json_error(api.post("/v1/tasks/caption", json={"image": "not base64!!"}), 422)
+    assert task["message"].startswith("the field 'image' is not valid base64")
+    chat = assert_json_error(
+        api.post("/v1/chat/completions", **chat_kwargs([image_part("data:image/png;base64,@@@@")])), 422
+    )
+    assert "image data URL in 'messages' is not valid base64" in chat["message"]
+
+
+def test_an_unknown_field_name_is_not_echoed_in_full(api):
+    form = api.post(
+        "/v1/tasks/caption",
+        files={"image": ("a.png", accepted_samples()["PNG"], "image/png")},
+        data={"y" * 4000: "1"},
+    )
+    error = assert_json_error(form, 422)
+    assert "unknown field" in error["message"] and len(form.content) < 1000
+    json_body = {"image": base64.b64encode(accepted_samples()["PNG"]).decode(), "x" * 100_000: 1}
+    response = api.post("/v1/tasks/caption", json=json_body)
+    assert "unknown field" in assert_json_error(response, 422)["message"] and len(response.content) < 1000
+
+
+@pytest.mark.parametrize("scheme", ["Token", "Basic"])
+def test_a_key_under_another_scheme_is_told_to_use_bearer(server, scheme):
+    response = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"{scheme} {API_KEY}"})
+    error = assert_json_error(response, 401)
+    assert f"scheme must be Bearer, not '{scheme}'" in error["message"]
+    assert API_KEY not in response.text
+
+
+def test_a_multipart_body_cut_before_its_boundary_says_so(api):
+    request = httpx.Request(
+        "POST",
+        "http://x/",
+        files={"image": ("a.png", accepted_samples()["PNG"], "image/png")},
+        data={"max_new_tokens": "2"},
+    )
+    body = request.read()
+    cut = body[: body.rindex(b"\r\n--")]  # the closing boundary never arrives
+    response = api.post(
+        "/v1/tasks/caption", content=cut, headers={"content-type": request.headers["content-type"]}
+    )
+    error = assert_json_error(response, 400)
+    assert "truncated" in error["message"]
+
+
+# ----------------------------------------------------------------------------- deadlines and the connection cap
+
+
+def test_a_silent_connection_is_closed(tight):
+    sock = raw_connection(tight)
+    started = time.monotonic()
+    assert read_until_closed(sock) == b""
+    assert time.monotonic() - started < TIGHT["header_timeout_s"] + 2
+    sock.close()
+
+
+def test_headers_sent_a_byte_at_a_time_get_a_408(tight):
+    sock = raw_connection(tight)
+    started = time.monotonic()
+    head = b"POST /v1/tasks/caption HTTP/1.1\r\nHost: x\r\n"
+    try:
+        for byte in head:  # slower than the deadline allows
+            sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+    except OSError:
+        pass  # closed under our feet: that is the point
+    received = read_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 408") and b"request_timeout" in received
+    assert time.monotonic() - started < len(head) * 0.1  # cut off well before the headers could finish
+    sock.close()
+
+
+def test_a_stalled_body_gets_a_408_and_is_closed(tight):
+    sock = raw_connection(tight)
+    head = (
+        f"POST /v1/tasks/caption HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    )
+    started = time.monotonic()
+    sock.sendall(head.encode() + b'{"image": "')
+    received = read_until_closed(sock)
+    elapsed = time.monotonic() - started
+    assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    body = json.loads(received.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_timeout" and "1.5 s" in body["error"]["message"]
+    assert TIGHT["body_timeout_s"] - 0.2 < elapsed < TIGHT["body_timeout_s"] + 2
+    sock.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed(tight):
+    sock = raw_connection(tight)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    received = read_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert time.monotonic() - started < TIGHT["keep_alive_timeout_s"] + 2
+    sock.close()
+
+
+def test_connections_past_the_cap_get_a_503(tight):
+    time.sleep(TIGHT["header_timeout_s"] + 0.5)  # earlier tests' connections are gone by now
+    held = [raw_connection(tight) for _ in range(TIGHT["max_connections"])]
+    try:
+        time.sleep(0.2)
+        response = httpx.get(f"{tight.url}/health", headers={"Connection": "close"})
+        error = assert_json_error(response, 503)
+        assert error["code"] == "too_many_connections" and response.headers["retry-after"] == "1"
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{tight.url}/health").status_code == 200
