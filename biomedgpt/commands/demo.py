@@ -84,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
             f"warning: binding to {args.host}: anyone who can reach this machine can use the demo, which has no login",
             file=sys.stderr,
         )
-    from biomedgpt.demo.app import build_demo  # gradio: seconds to import, so only once the inputs are good
+    # gradio: seconds to import, so only once the inputs are good
+    from biomedgpt.demo.app import UploadLimits, build_demo
 
-    demo = build_demo(backend, examples=examples, examples_source=source)
+    limits = UploadLimits.from_config()
+    demo = build_demo(backend, examples=examples, examples_source=source, limits=limits)
     try:
         demo.launch(
             server_name=args.host,
@@ -95,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             ssr_mode=False,
             quiet=True,
             prevent_thread_lock=True,
+            max_file_size=limits.max_bytes,  # Gradio refuses larger uploads before writing them to disk
         )
     except OSError as err:
         print(f"error: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)

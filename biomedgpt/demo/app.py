@@ -5,14 +5,21 @@
 let browser tests find the parts, and every task has an `api_name` equal to its name, so
 `gradio_client.Client(url).predict(handle_file(png), question, api_name="/vqa")` works. A refused request (a
 `RequestError`, an API 4xx) becomes a warning toast plus a message in the tab's status line, never a crash.
+
+The upload is taken as a file (`gr.File`), not as an image: Gradio never decodes it. The demo checks its size,
+then decodes it with the API's own decoder and limits (`biomedgpt.serve.images.decode_image`, `ServeConfig`'s
+image limits): a corrupt, truncated, huge, PDF or QOI upload gets the API's message in the page, and an
+81-megapixel file is refused from its header before a pixel is decoded. The decoded image is shown in a preview.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -22,6 +29,8 @@ from PIL import Image
 from biomedgpt.demo.backends import Backend
 from biomedgpt.demo.drawing import draw_boxes, mask_area, overlay_mask
 from biomedgpt.demo.examples import Example, Examples
+from biomedgpt.serve.config import ServeConfig
+from biomedgpt.serve.images import ImageLimits, decode_image
 from biomedgpt.serve.types import TASK_FIELDS, RequestError
 
 log = logging.getLogger(__name__)
@@ -48,11 +57,46 @@ OUTPUT_IDS = {
     "detection": ("drawn", "objects"),
 }
 NOTICE = "A research demo of a multitask model: not a medical device, not for diagnosis."
+ACCEPTED_FILES = "PNG, JPEG, WebP, BMP, TIFF or DICOM (.dcm)"
 
 
-def build_demo(backend: Backend, *, examples: Examples | None = None, examples_source: str = "") -> gr.Blocks:
-    """The demo app over `backend`; `examples` (from `load_examples`) fill each tab's example table."""
+@dataclass(frozen=True, kw_only=True)
+class UploadLimits:
+    """What an upload may be: the API's own limits (`ServeConfig` defaults unless given)."""
+
+    max_bytes: int
+    image: ImageLimits
+
+    @classmethod
+    def from_config(cls, config: ServeConfig | None = None) -> UploadLimits:
+        config = config or ServeConfig()
+        return cls(max_bytes=config.max_body_bytes, image=config.image_limits())
+
+
+def load_upload(path: str | os.PathLike[str], limits: UploadLimits) -> Image.Image:
+    """An uploaded file -> upright 8-bit RGB, through the API's decoder; `RequestError` says what is wrong."""
+    size = os.path.getsize(path)
+    if size > limits.max_bytes:
+        raise RequestError(
+            f"the file has {size:,} bytes, more than the limit of {limits.max_bytes:,}",
+            status=413,
+            field="image",
+        )
+    with open(path, "rb") as f:
+        return decode_image(f.read(), limits.image).image
+
+
+def build_demo(
+    backend: Backend,
+    *,
+    examples: Examples | None = None,
+    examples_source: str = "",
+    limits: UploadLimits | None = None,
+) -> gr.Blocks:
+    """The demo app over `backend`; `examples` (from `load_examples`) fill each tab's example table; uploads are
+    checked against `limits` (default: the API's default limits)."""
     examples = examples or {}
+    limits = limits or UploadLimits.from_config()
     with gr.Blocks(title="BiomedGPT demo", analytics_enabled=False) as demo:
         source = f" Examples: {examples_source}." if examples_source else ""
         gr.Markdown(
@@ -61,20 +105,28 @@ def build_demo(backend: Backend, *, examples: Examples | None = None, examples_s
         with gr.Tabs(elem_id="task-tabs"):
             for task in backend.tasks:
                 with gr.Tab(TITLES.get(task, task), id=task, elem_id=f"tab-{task}"):
-                    _task_tab(task, backend, examples.get(task, []))
+                    _task_tab(task, backend, examples.get(task, []), limits)
     demo.queue(default_concurrency_limit=backend.concurrency)
     return demo
 
 
-def _task_tab(task: str, backend: Backend, examples: list[Example]) -> None:
+def _task_tab(task: str, backend: Backend, examples: list[Example], limits: UploadLimits) -> None:
     with gr.Row():
         with gr.Column():
-            image = gr.Image(
-                type="pil",
-                image_mode=None,
-                sources=["upload", "clipboard"],
-                label="Image",
+            # A file, not a gr.Image: Gradio would decode any upload itself, before our checks.
+            image = gr.File(
+                label=f"Image: {ACCEPTED_FILES}",
+                type="filepath",
+                file_count="single",
                 elem_id=f"{task}-image",
+            )
+            preview = gr.Image(
+                label="Image as the model sees it",
+                type="pil",
+                format="png",
+                interactive=False,
+                height=256,
+                elem_id=f"{task}-preview",
             )
             inputs: list[gr.components.Component] = [image]
             if task in TASK_FIELDS:
@@ -98,8 +150,9 @@ def _task_tab(task: str, backend: Backend, examples: list[Example]) -> None:
         gr.Examples(rows, inputs=[*inputs, reference], label="Examples", elem_id=f"{task}-examples")
     # The reference belongs to the example, not to a new upload.
     image.upload(lambda: "", outputs=reference, api_visibility="private", queue=False)
+    image.change(_previewer(limits), inputs=image, outputs=[preview, status], api_visibility="private")
     submit.click(
-        _handler(task, backend),
+        _handler(task, backend, limits),
         inputs=inputs,
         outputs=[*outputs, status],
         api_name=task,
@@ -144,18 +197,37 @@ def _output_components(task: str) -> list[gr.components.Component]:
     raise ValueError(f"the demo has no tab for task {task!r}")
 
 
-def _handler(task: str, backend: Backend) -> Callable[..., tuple]:
+def _previewer(limits: UploadLimits) -> Callable[[str | None], tuple]:
+    """The upload's change handler: the decoded image, or the reason it is refused in the status line."""
+
+    def preview(upload: str | None) -> tuple:
+        if upload is None:
+            return None, ""
+        try:
+            return load_upload(upload, limits), ""
+        except RequestError as err:
+            return _refuse((None,), _refusal(err))
+
+    return preview
+
+
+def _refusal(err: RequestError) -> str:
+    return f"The image was refused ({err.status}): {err.message}. Send {ACCEPTED_FILES}."
+
+
+def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[..., tuple]:
     """The click handler of a task, with the parameters its inputs give (gradio matches them by position)."""
 
-    def run(image: Image.Image | None, field: str | None) -> tuple:
+    def run(upload: str | None, field: str | None) -> tuple:
         empty = (None,) * len(OUTPUT_IDS[task])
-        if image is None:
+        if upload is None:
             return _refuse(empty, "Upload an image first (or click an example).")
         if task in TASK_FIELDS and not (field or "").strip():
             return _refuse(empty, f"Type a {FIELD_LABELS[task].lower()} first.")
-        from biomedgpt.model.image_processing import to_rgb_uint8
-
-        image = to_rgb_uint8(image)  # 16-bit PNGs too, scaled as the engine's processor does
+        try:
+            image = load_upload(upload, limits)  # the API's decoder: 16-bit scaled, EXIF applied
+        except RequestError as err:
+            return _refuse(empty, _refusal(err))
         fields = {TASK_FIELDS[task]: field.strip()} if task in TASK_FIELDS and field else {}
         start = time.perf_counter()
         try:
@@ -171,8 +243,8 @@ def _handler(task: str, backend: Backend) -> Callable[..., tuple]:
     if task in TASK_FIELDS:
         return run
 
-    def run_without_field(image: Image.Image | None) -> tuple:
-        return run(image, None)
+    def run_without_field(upload: str | None) -> tuple:
+        return run(upload, None)
 
     return run_without_field
 

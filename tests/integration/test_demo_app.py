@@ -113,3 +113,55 @@ def test_an_engine_refusal_is_shown_with_its_status(demo_client, image_path):
     drawn, area, status = call(demo_client, "segmentation", image_path, "lesion " * 300)
     assert drawn is None and area is None
     assert "refused (422)" in status and "prompt" in status
+
+
+# ----------------------------------------------------------------------------- uploads the API would refuse
+
+
+def _refused_uploads(folder):
+    """name -> path of uploads the demo must refuse with a message in the page (issue 16)."""
+    from tests._upload_samples import accepted_samples, refused_samples
+    from tests.integration._serve_api import bomb_png
+
+    png = accepted_samples()["PNG"]
+    files = {
+        "corrupt.png": png[:60] + b"\x00garbage" * 8,
+        "truncated.png": png[: len(png) // 2],
+        "huge.png": bomb_png(30000, 30000),  # a real header declaring 900 megapixels
+        "81mp.png": bomb_png(9000, 9000),  # refused from its header: decoding it would fail differently
+        "report.pdf": refused_samples()["PDF"],
+        "image.qoi": refused_samples()["truncated QOI"],
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "words"),
+    [
+        ("corrupt.png", 422, "PNG image could not be decoded"),
+        ("truncated.png", 422, "PNG image could not be decoded"),
+        ("huge.png", 413, "900,000,000 pixels"),
+        ("81mp.png", 413, "81,000,000 pixels"),
+        ("report.pdf", 422, "PDF is not an accepted format"),
+        ("image.qoi", 422, "QOI is not an accepted format"),
+    ],
+)
+def test_a_bad_upload_is_a_message_in_the_page(demo_client, tmp_path, name, status, words):
+    path = _refused_uploads(tmp_path)[name]
+    answer, score, message = call(demo_client, "vqa", path, "is there a lesion?")
+    assert answer is None and score is None
+    assert message.startswith(f"**Error:** The image was refused ({status})") and words in message
+
+
+def test_a_16_bit_and_a_dicom_upload_are_answered(demo_client, tmp_path):
+    import numpy as np
+
+    from tests._upload_samples import dicom_path
+
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)).save(path)
+    for upload in (path, dicom_path()):
+        answer, _score, status = call(demo_client, "vqa", upload, "is there a lesion?")
+        assert answer in ANSWERS["vqa"] and status.startswith("Done in")

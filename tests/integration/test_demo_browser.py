@@ -69,7 +69,7 @@ def test_vqa_in_the_browser(page, demo_url, tmp_path):
     page.goto(demo_url)
     page.get_by_role("tab", name="VQA").click()
     page.locator("#vqa-image input[type=file]").set_input_files(str(image_path))
-    expect(page.locator("#vqa-image img").first).to_be_visible()  # the upload reached the component
+    expect(page.locator("#vqa-preview img").first).to_be_visible()  # decoded by the API's decoder, shown
     page.locator("#vqa-field textarea").fill("is there a lesion?")
     page.locator("#vqa-submit").click()
 

@@ -169,3 +169,21 @@ def test_tasks_are_read_from_the_model_list():
     ids = ["org/model-v1", "org/model-v1:vqa", "org/model-v1:segmentation"]
     assert served_tasks(ids) == ("org/model-v1", ("vqa", "segmentation"))
     assert served_tasks(["bare"]) == ("bare", SERVED_TASKS)  # no per-task ids: assume every task
+
+
+def test_uploads_go_through_the_api_decoder_and_limits(tmp_path):
+    from biomedgpt.demo.app import UploadLimits, load_upload
+    from biomedgpt.serve.config import ServeConfig
+    from biomedgpt.serve.types import RequestError
+
+    limits = UploadLimits.from_config()
+    assert limits.image == ServeConfig().image_limits() and limits.max_bytes == ServeConfig().max_body_bytes
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(np.linspace(0, 65535, 64 * 48).astype(np.uint16).reshape(48, 64)).save(path)
+    image = load_upload(path, limits)
+    assert image.mode == "RGB" and image.size == (64, 48)
+    assert np.asarray(image).mean() == pytest.approx(127.5, abs=1)  # scaled, not clipped to white
+    small = UploadLimits(max_bytes=path.stat().st_size - 1, image=limits.image)
+    with pytest.raises(RequestError, match="bytes, more than the limit") as caught:
+        load_upload(path, small)
+    assert caught.value.status == 413
