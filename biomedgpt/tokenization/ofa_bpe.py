@@ -11,8 +11,9 @@ Folding the dictionary into the BPE vocabulary (each GPT-2 piece keyed by its mo
 whose ids are the model's directly, with OFA's `<s> ... </s>` added around a text. GPT-2 pieces absent from
 the dictionary map to `<unk>`, as `encode_line` maps unknown symbols.
 
-One difference, by design: `<mask>`, `<code_i>` and `<bin_i>` written inside a text are read as those tokens
-(OFA's data code inserts them as ids, never through the BPE, so OFA's inputs never contain them as text).
+Markers written inside a text (`<unk>`, `<mask>`, `<bin_3>`, ...) are encoded as text, exactly as OFA's
+`encode_text` BPE-encodes them (`split_special_tokens`, saved in tokenizer_config.json); OFA's data code puts
+mask, code and bin ids into sequences as ids, never through the BPE, and so do our tasks.
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ def build_ofa_tokenizer(bpe_dir: str | Path) -> Any:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=UNK_TOKEN, fuse_unk=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
     layout = VocabLayout(num_text=num_text)
     add_unified_tokens(backend, layout)
     tokenizer = BiomedGPTTokenizer(
@@ -106,6 +106,7 @@ def build_ofa_tokenizer(bpe_dir: str | Path) -> Any:
         add_prefix_space=False,
         clean_up_tokenization_spaces=False,
         model_max_length=1024,
+        split_special_tokens=True,
     )
     if len(tokenizer) != layout.vocab_size:
         raise BpeFolderError(f"the tokenizer has {len(tokenizer)} ids, the layout {layout.vocab_size}")

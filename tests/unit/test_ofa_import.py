@@ -32,6 +32,7 @@ TEXTS = [
     "café 5µm, 12.5% -- naïve!",
     "  two leading spaces and a trailing one ",
     "digits 0123456789 and tabs\tand\nnewlines",
+    " markers are text, as in OFA: <unk> <s> </s> <mask> <bin_3> <code_7>",
 ]
 
 
