@@ -17,9 +17,11 @@ import time
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from tests._upload_samples import ACCEPTED_CONTENT_TYPES, accepted_samples, encode, refused_samples
+from tests._upload_samples import ACCEPTED_CONTENT_TYPES, accepted_samples, encode, mutate, refused_samples
 from tests.integration._serve_api import (
     API_KEY,
     AUTH,
@@ -127,6 +129,50 @@ def test_a_16_bit_png_gets_the_answer_of_its_8_bit_scaling(api):
     clipped = np.minimum(gray16, 255).astype(np.uint8)  # what convert("RGB") made of it
     assert answer(gray16) == answer(gray8)
     assert answer(gray8) != answer(clipped)  # the model does see the difference
+
+
+def test_fuzz_the_upload_paths_never_gives_5xx(api):
+    """Mutated real files of every accepted format, and random bytes under every image content type, sent as a
+    form file, as JSON base64 and as a chat data URL: a bounded budget of 150 requests."""
+    import random
+
+    samples = accepted_samples()
+    content_types = sorted(
+        {*ACCEPTED_CONTENT_TYPES.values(), "image/gif", "application/octet-stream", "text/plain"}
+    )
+    statuses: list[int] = []
+
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        name=st.sampled_from(sorted(samples)),
+        seed=st.integers(0, 2**32 - 1),
+        noise=st.none() | st.binary(max_size=2048),
+        content_type=st.sampled_from(content_types),
+        route=st.sampled_from(["form", "json", "chat"]),
+    )
+    def never_5xx(name, seed, noise, content_type, route):
+        data = mutate(samples[name], random.Random(seed)) if noise is None else noise
+        media = ACCEPTED_CONTENT_TYPES[name] if noise is None else content_type
+        if route == "form":
+            response = api.post(
+                "/v1/tasks/caption", files={"image": ("upload", data, media)}, data={"max_new_tokens": "2"}
+            )
+        elif route == "json":
+            response = api.post(
+                "/v1/tasks/caption", json={"image": base64.b64encode(data).decode(), "max_new_tokens": 2}
+            )
+        else:
+            response = api.post(
+                "/v1/chat/completions", **chat_kwargs([image_part(data_url(data, media))], max_tokens=2)
+            )
+        statuses.append(response.status_code)
+        assert response.status_code < 500, (name, route, response.text)
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "code", "param"}
+
+    never_5xx()
+    assert api.get("/health").status_code == 200
+    assert statuses.count(200) >= 10 and sum(400 <= s < 500 for s in statuses) >= 50, statuses
 
 
 # ----------------------------------------------------------------------------- disconnects, metrics labels
@@ -329,3 +375,47 @@ def test_connections_past_the_cap_get_a_503(tight):
             sock.close()
     time.sleep(0.3)
     assert httpx.get(f"{tight.url}/health").status_code == 200
+
+
+# ----------------------------------------------------------------------------- memory after a burst
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:  # the server runs in this process
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_memory_comes_back_after_a_burst_of_large_decodes(server):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # 0.1 MB each, 5000x5000 RGBA once decoded: about 100 MB apiece.
+    body = {
+        "image": base64.b64encode(encode(Image.new("RGBA", (5000, 5000), (9, 9, 9, 255)), "PNG")).decode()
+    }
+    body["max_new_tokens"] = 2
+
+    def post(_: int) -> int:
+        return httpx.post(f"{server.url}/v1/tasks/caption", headers=AUTH, json=body, timeout=120).status_code
+
+    assert post(0) == 200  # warm: the first large decode sizes the allocator's arenas
+    time.sleep(0.5)
+    before, peak, done = _rss_mb(), 0.0, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_mb())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, range(8)))
+    done.set()
+    sampler.join()
+    time.sleep(1.0)
+    after = _rss_mb()
+    assert statuses == [200] * 8
+    assert peak - before < 450, (before, peak, after)  # decodes wait for the budget instead of piling up
+    assert after - before < 100, (before, peak, after)  # and what they held is given back
