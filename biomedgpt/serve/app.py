@@ -130,7 +130,10 @@ class ServerState:
         )
         if self.batcher.queue_size + self.decoder.waiting >= self.config.max_queue:
             raise busy  # before spending any work on the image
-        header = await asyncio.to_thread(read_header, image, limits)  # 413/422 before any pixel is decoded
+        # The cheap checks first: prompt tokens, token budget and beams, then the image's header (413/422
+        # before any pixel is decoded); only then the decode itself.
+        await asyncio.to_thread(engine.plan, TaskRequest(image=None, **request))
+        header = await asyncio.to_thread(read_header, image, limits)
         try:
             prepared = await self.decoder.run(
                 header.decode_bytes, prepare, timeout_s=self.config.request_timeout_s

@@ -47,6 +47,17 @@ class EngineLimits:
 
 
 @dataclass
+class RequestPlan:
+    """What a request asks of the model, validated without its image."""
+
+    prompt: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+    num_beams: int
+    use_trie: bool
+
+
+@dataclass
 class Prepared:
     """A validated request, ready to batch."""
 
@@ -93,8 +104,11 @@ class Engine(abc.ABC):
         self.vocab_size = layout.vocab_size
 
     # --- validation --------------------------------------------------------------------------------
-    def prepare(self, request: TaskRequest) -> Prepared:
-        """Validate one request and build its prompt; `RequestError` (4xx) names what is wrong."""
+    def plan(self, request: TaskRequest) -> RequestPlan:
+        """Validate everything but the image and build the prompt; `RequestError` (4xx) names what is wrong.
+
+        Cheap (no pixels): the server calls it before it spends anything on decoding the upload.
+        """
         from biomedgpt.data.schema import Sample
         from biomedgpt.tasks import get_task
 
@@ -124,15 +138,6 @@ class Engine(abc.ABC):
                 f"the prompt has {len(prompt_ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}",
                 field="prompt",
             )
-        if request.image is None:
-            raise RequestError("the request has no image", field="image")
-        width, height = request.orig_size or request.image.size
-        if width * height > self.limits.max_image_pixels:
-            raise RequestError(
-                f"the image has {width * height} pixels, more than the limit of {self.limits.max_image_pixels}",
-                status=413,
-                field="image",
-            )
         cap = min(self.limits.max_new_tokens, self.max_target_positions - 1)
         # A request that names no budget gets the task's default, cut to the server's cap (segmentation's
         # default can exceed a small cap); one that names a budget above the cap is refused.
@@ -149,10 +154,36 @@ class Engine(abc.ABC):
                 f"num_beams must be in 1..{self.limits.max_beams}, got {beams}", field="num_beams"
             )
         use_trie = task.closed_set and bool(self.answers.get(task.name)) and request.closed_set is not False
+        return RequestPlan(prompt, prompt_ids, max_new, beams, use_trie)
+
+    def prepare(self, request: TaskRequest) -> Prepared:
+        """`plan` the request, then check and preprocess its image; `RequestError` (4xx) names what is wrong."""
+        from biomedgpt.tasks import get_task
+
+        plan = self.plan(request)
+        if request.image is None:
+            raise RequestError("the request has no image", field="image")
+        width, height = request.orig_size or request.image.size
+        if width * height > self.limits.max_image_pixels:
+            raise RequestError(
+                f"the image has {width * height} pixels, more than the limit of {self.limits.max_image_pixels}",
+                status=413,
+                field="image",
+            )
+        task = get_task(request.task)
         pixels = task.transform_pixels(self.image_processor.preprocess_one(request.image))
         # The upload is no longer needed: drop it, so a request waiting for its batch holds only `pixels`.
         request = dataclasses.replace(request, image=None)
-        return Prepared(request, prompt, prompt_ids, pixels, (width, height), max_new, beams, use_trie)
+        return Prepared(
+            request,
+            plan.prompt,
+            plan.prompt_ids,
+            pixels,
+            (width, height),
+            plan.max_new_tokens,
+            plan.num_beams,
+            plan.use_trie,
+        )
 
     def default_max_new_tokens(self, task: str) -> int:
         if task == "segmentation":

@@ -238,6 +238,18 @@ def test_the_413_quotes_our_pixel_limit(api):
     assert "89,478,485" not in error["message"] and "178,956,970" not in error["message"]
 
 
+def test_cheap_limits_are_checked_before_the_image(api):
+    # The image would be refused too (413: 400 megapixels): the cheap checks must answer first.
+    bomb = base64.b64encode(bomb_png()).decode()
+    for body, words in (
+        ({"question": "effusion " * 400}, "tokens"),
+        ({"question": "q", "max_new_tokens": 10**6}, "max_new_tokens"),
+        ({"question": "q", "num_beams": 99}, "num_beams"),
+    ):
+        error = assert_json_error(api.post("/v1/tasks/vqa", json={"image": bomb, **body}), 422)
+        assert words in error["message"]
+
+
 def test_a_pixel_limit_above_pillows_takes_effect(tight):
     png = encode(Image.new("L", (10_000, 9_500), 90), "PNG")  # 95 M pixels, over Pillow's 89,478,485
     response = httpx.post(
