@@ -15,6 +15,9 @@ def test_defaults_are_safe():
     assert cfg.engine == "onnxruntime" and cfg.max_body_bytes == 10 * 1024 * 1024
     limits = cfg.engine_limits()
     assert (limits.max_prompt_tokens, limits.max_new_tokens, limits.max_beams) == (256, 1024, 8)
+    image = cfg.image_limits()
+    assert (image.max_pixels, image.max_decode_bytes) == (40_000_000, 512 * 1024 * 1024)
+    assert cfg.max_connections == 64 and cfg.header_timeout_s == 10.0 and cfg.body_timeout_s == 30.0
 
 
 @pytest.mark.parametrize(
@@ -26,6 +29,14 @@ def test_defaults_are_safe():
         ("max_wait_ms", -1.0),
         ("num_threads", 0),
         ("host", " "),
+        ("max_decode_bytes", 0),
+        ("decode_workers", 0),
+        ("max_connections", 0),
+        ("header_timeout_s", 0.0),
+        ("body_timeout_s", -1.0),
+        ("keep_alive_timeout_s", 0.0),
+        ("image_working_side", 8),
+        ("max_text_chars", 0),
     ],
 )
 def test_invalid_values_name_the_key(key, value):
