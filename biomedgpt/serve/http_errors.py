@@ -101,6 +101,9 @@ def install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        # FastAPI answers a client lost mid-body with "There was an error parsing the body": not a bad request.
+        if exc.status_code == 400 and await request.is_disconnected():
+            return await client_disconnect(request, exc)
         return error_response(from_http_exception(request, exc), metrics)
 
     async def client_disconnect(request: Request, exc: Exception) -> JSONResponse:

@@ -3,9 +3,10 @@
 A 0.2 MB PNG can declare 6300x6300 RGBA pixels: 160 MB once decoded. Without a bound, sixteen such uploads at
 once hold gigabytes and starve every other request of CPU. Here each decode first reserves its estimated peak
 (`images.read_header`) from one budget shared by all requests, waiting in arrival order when the budget is
-spent; then it runs in one of two small thread pools: large decodes in a lane of their own (one thread), so a
-burst of them never delays the ordinary uploads, which run in the other lane. A decode whose client has gone
-keeps its reservation until its thread finishes, so the budget always matches what the threads hold.
+spent; then it runs in one of two small thread pools: large decodes in a lane of their own (one thread, at a
+lower CPU priority on Linux), so a burst of them never delays the ordinary uploads, which run in the other lane,
+nor starves the model of CPU. A decode whose client has gone keeps its reservation until its thread finishes, so
+the budget always matches what the threads hold.
 
 When the budget drains after a burst, the C heap is trimmed (glibc `malloc_trim`): the decoders' freed
 blocks go back to the operating system instead of staying in the process as retained memory.
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
@@ -28,6 +32,8 @@ T = TypeVar("T")
 
 LARGE_DECODE_BYTES = 64 * 1024 * 1024
 """Decodes estimated above this run in the large lane (one thread): about a 2000x2000 RGB image."""
+LARGE_DECODE_NICENESS = 10
+"""How much lower the large lane's thread runs (Linux `nice` increment of that thread only)."""
 TRIM_AFTER_BYTES = 256 * 1024 * 1024
 """Trim the C heap once the budget is idle after at least this many bytes were released since the last trim."""
 
@@ -46,7 +52,9 @@ class ImageDecodePool:
         self.in_use = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._small = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="biomedgpt-decode")
-        self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomedgpt-decode-large")
+        self._large = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="biomedgpt-decode-large", initializer=_lower_priority
+        )
         self._released_since_trim = 0
 
     @property
@@ -108,6 +116,13 @@ class ImageDecodePool:
             cost, granted = self._waiters.popleft()
             self.in_use += cost
             granted.set_result(None)
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's CPU priority (Linux: a thread id is a process id for setpriority)."""
+    if hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LARGE_DECODE_NICENESS)
 
 
 def _libc_malloc_trim() -> Callable[[int], int] | None:

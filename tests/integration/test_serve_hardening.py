@@ -199,6 +199,7 @@ def test_a_client_gone_mid_body_is_a_disconnect_not_a_server_error(server, caplo
     errors = metric_lines(server, "biomedgpt_request_errors_total")
     assert not [line for line in errors if "internal_error" in line], errors
     assert [line for line in errors if 'code="client_disconnect"' in line and line.endswith(" 2.0")], errors
+    assert not [line for line in errors if 'code="bad_request"' in line], errors
     logged = [r for r in caplog.records if r.name.startswith("biomedgpt")]
     assert not [r for r in logged if r.levelno >= logging.ERROR or r.exc_info], [
         r.getMessage() for r in logged

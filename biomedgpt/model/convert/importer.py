@@ -8,8 +8,9 @@ folder, plus `conversion.json` (options read, ignored, the fate of every tensor)
 metadata (which tasks the folder serves, their prompts, answer lists) is written by the caller, which knows the
 tasks (`biomedgpt import`, biomedgpt/commands/import_cmd.py).
 
-Memory: tensors are read from the archive one at a time (optimizer state never), the model is built on the
-meta device and takes the converted tensors as they are, so the peak is about one copy of the weights.
+Memory: tensors are read from the archive one at a time (optimizer state never) and streamed into
+model.safetensors as they are converted; the model is only built on the meta device, for its shapes. The peak is
+the largest tensor (the token embedding, twice while its saved copies are compared), not the weights.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from biomedgpt.model.convert.ofa_config import (
 )
 from biomedgpt.model.convert.ofa_keys import CheckpointMismatchError, map_state_dict
 from biomedgpt.model.convert.safe_pickle import LazyTensor, load_torch_checkpoint
+from biomedgpt.model.convert.stream_safetensors import write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ def import_checkpoint(
 ) -> ImportResult:  # fmt: skip
     """Convert `source` into `out_dir` (which must exist and be empty); see the module docstring."""
     import torch
+    from transformers import GenerationConfig
 
     from biomedgpt.model.configuration import BiomedGPTConfig
     from biomedgpt.model.image_processing import BiomedGPTImageProcessor, ImageProcessorConfig
@@ -108,17 +111,14 @@ def import_checkpoint(
             f"the BPE folder gives {len(tokenizer)} ids but the checkpoint's embedding has {config.vocab_size} "
             "rows: this dict.txt is not the one the model was trained with"
         )
-    with torch.device("meta"):
-        model = BiomedGPTForConditionalGeneration(config)
-    converted, mapping = map_state_dict(state, model.state_dict(), config)
-    model.load_state_dict(converted, strict=False, assign=True)
-    model.tie_weights()
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise CheckpointMismatchError(f"tensors left without a value after the mapping: {leftover[:5]}")
-    model.eval()
-
-    model.save_pretrained(out_dir, safe_serialization=True)
+    with torch.device("meta"):  # shapes and dtypes only: no memory
+        model_state = BiomedGPTForConditionalGeneration(config).state_dict()
+    plan, mapping = map_state_dict(state, model_state, config)
+    config.architectures = [BiomedGPTForConditionalGeneration.__name__]
+    config.save_pretrained(out_dir)
+    GenerationConfig.from_model_config(config).save_pretrained(out_dir)
+    specs = {key: (model_state[key].dtype, tuple(model_state[key].shape)) for key in plan}
+    write_safetensors(out_dir / "model.safetensors", specs, plan, metadata={"format": "pt"})
     processor = BiomedGPTProcessor(
         tokenizer,
         BiomedGPTImageProcessor(ImageProcessorConfig(image_size=config.image_size, mean=0.5, std=0.5)),

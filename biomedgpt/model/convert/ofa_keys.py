@@ -15,8 +15,11 @@ with `--freeze-resnet` (FrozenBatchNorm2d); it only counts training steps and is
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from biomedgpt.model.convert.safe_pickle import LazyTensor
 
 TIED_SOURCES = (
     "encoder.embed_tokens.weight",
@@ -24,6 +27,8 @@ TIED_SOURCES = (
     "decoder.output_projection.weight",
 )
 TIED_TARGET = "model.shared.weight"
+# Our names of the same tied matrix: not stored (transformers re-ties them at load).
+TIED_ALIASES = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
 OFA_CODE_POSITION_FILLERS = 769  # fillers after the code grid in fairseq OFA's decoder image_position_idx
 _FFN = re.compile(r"^((?:encoder|decoder)\.layers\.\d+)\.(fc1|fc2|ffn_layernorm)\.(weight|bias)$")
 
@@ -106,25 +111,25 @@ def _check_buffer(key: str, tensor: Any, expected: Any) -> None:
 
 def map_state_dict(
     source: dict[str, Any], model_state: dict[str, Any], config: Any
-) -> tuple[dict, ConversionReport]:
-    """OFA tensors (LazyTensor or torch) -> our state dict (float32 torch tensors) and the report.
+) -> tuple[dict[str, Callable[[], Any]], ConversionReport]:
+    """OFA tensors (LazyTensor or torch) -> our keys, each with a loader of its tensor, and the report.
 
     Every source key is mapped, tied or dropped (checked); every key of ours is filled; shapes must match
-    exactly. Anything else raises CheckpointMismatchError naming the keys.
+    exactly. Anything else raises CheckpointMismatchError naming the keys. Nothing is materialized but the
+    buffers and embeddings the checks compare; call a loader to read one tensor (in the model's dtype).
     """
     import torch
 
     report = ConversionReport()
     buffers = expected_buffers(config)
-    out: dict[str, torch.Tensor] = {}
+    plan: dict[str, Callable[[], Any]] = {}
     unexpected, mismatched = [], []
     for key in sorted(source):
         if key in buffers:
             _check_buffer(key, _tensor(source[key]), buffers[key])
+            checked = buffers[key] is not None
             report.dropped[key] = (
-                "computed by the model (checked equal)"
-                if buffers[key] is not None
-                else ("fairseq format version")
+                "computed by the model (checked equal)" if checked else "fairseq format version"
             )
             continue
         if key in TIED_SOURCES:
@@ -137,9 +142,11 @@ def map_state_dict(
         if shape != tuple(model_state[ours].shape):
             mismatched.append(f"{key}: checkpoint {shape} vs model {tuple(model_state[ours].shape)}")
             continue
-        out[ours] = _tensor(source[key]).to(model_state[ours].dtype)
+        dtype = model_state[ours].dtype
+        plan[ours] = lambda value=source[key], dtype=dtype: _tensor(value).to(dtype)
         report.mapped[key] = ours
-    out[TIED_TARGET] = _tied_embedding(source, model_state[TIED_TARGET].shape, report, mismatched)
+    embedding = _check_tied_embedding(source, model_state[TIED_TARGET].shape, report, mismatched)
+    plan[TIED_TARGET] = lambda: _tensor(source[embedding]).float()
     if unexpected or mismatched:
         lines = [f"unexpected key {k} (no such module in this model)" for k in unexpected] + [
             f"shape mismatch {m}" for m in mismatched
@@ -147,14 +154,10 @@ def map_state_dict(
         raise CheckpointMismatchError("the checkpoint does not fit the model:\n  " + "\n  ".join(lines))
     missing = []
     for key in model_state:
-        if (
-            key in out
-            or key.endswith(("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"))
-            or (key == "lm_head.weight")
-        ):
+        if key in plan or key in TIED_ALIASES:
             continue
         if key.endswith("num_batches_tracked"):
-            out[key] = torch.zeros((), dtype=torch.long)
+            plan[key] = lambda: torch.zeros((), dtype=torch.long)
             report.filled[key] = "0 (the checkpoint's stem is frozen: FrozenBatchNorm2d has no step count)"
             continue
         missing.append(key)
@@ -162,7 +165,7 @@ def map_state_dict(
         raise CheckpointMismatchError(
             "the checkpoint lacks tensors this model needs:\n  " + "\n  ".join(_source_names(missing))
         )
-    return out, report
+    return plan, report
 
 
 def to_ofa_state_dict(model: Any) -> dict[str, Any]:
@@ -195,7 +198,10 @@ def _source_names(keys: list[str]) -> list[str]:
     return [f"{k[len('model.') :].replace('.ffn.', '.')} (ours: {k})" for k in keys]
 
 
-def _tied_embedding(source: dict[str, Any], shape: tuple, report: ConversionReport, mismatched: list) -> Any:
+def _check_tied_embedding(
+    source: dict[str, Any], shape: tuple, report: ConversionReport, mismatched: list
+) -> str:
+    """Check the saved copies of the token embedding are identical (one pair in memory at a time); -> a key."""
     import torch
 
     present = [k for k in TIED_SOURCES if k in source]
@@ -203,18 +209,23 @@ def _tied_embedding(source: dict[str, Any], shape: tuple, report: ConversionRepo
         raise CheckpointMismatchError(
             "the checkpoint lacks encoder.embed_tokens.weight (the token embedding)"
         )
-    first = _tensor(source[present[0]])
+    first = present[0]
     for key in present[1:]:
-        if tuple(source[key].shape) != tuple(first.shape) or not torch.equal(_tensor(source[key]), first):
+        a, b = source[key], source[first]
+        if tuple(a.shape) != tuple(b.shape):
+            same = False
+        elif isinstance(a, LazyTensor) and isinstance(b, LazyTensor):
+            same = a.equals(b)  # streamed: neither copy is materialized
+        else:
+            same = torch.equal(_tensor(a), _tensor(b))
+        if not same:
             raise CheckpointMismatchError(
-                f"{key} differs from {present[0]}: this model ties all token embeddings (share_all_embeddings)"
+                f"{key} differs from {first}: this model ties all token embeddings (share_all_embeddings)"
             )
-    if tuple(first.shape) != tuple(shape):
-        mismatched.append(
-            f"encoder.embed_tokens.weight: checkpoint {tuple(first.shape)} vs model {tuple(shape)}"
-        )
+    if tuple(source[first].shape) != tuple(shape):
+        mismatched.append(f"{first}: checkpoint {tuple(source[first].shape)} vs model {tuple(shape)}")
     report.tied = present
-    return first.float()
+    return first
 
 
 def _tensor(value: Any) -> Any:

@@ -19,6 +19,7 @@ before anything is called. Only torch's zip format (torch >= 1.6) is read; the l
 from __future__ import annotations
 
 import _compat_pickle
+import hashlib
 import io
 import pickle
 import zipfile
@@ -110,13 +111,48 @@ class LazyTensor:
         return self.size
 
     def materialize(self):
-        """The tensor itself (a copy of exactly its bytes; the archive's other storages are not read)."""
+        """The tensor itself, read from its storage alone (the archive's other storages are not read).
+
+        A tensor that is its whole storage, contiguous (every tensor of a state dict) wraps the bytes read,
+        without a further copy."""
         import torch
 
         dtype = getattr(torch, self.dtype)
         storage = self.archive.read_storage(self.key)
         flat = torch.frombuffer(storage, dtype=dtype) if len(storage) else torch.empty(0, dtype=dtype)
+        numel = 1
+        for dim in self.size:
+            numel *= dim
+        if self.offset == 0 and flat.numel() == numel and self.stride == _contiguous_strides(self.size):
+            return flat.view(self.size)
         return torch.as_strided(flat, self.size, self.stride, self.offset).clone()
+
+    def same_view(self, other: LazyTensor) -> bool:
+        """Same dtype, offset, shape and strides (the same storage, or storages to compare byte for byte)."""
+        return (self.dtype, self.offset, self.size, self.stride) == (
+            other.dtype,
+            other.offset,
+            other.size,
+            other.stride,
+        )
+
+    def equals(self, other: LazyTensor) -> bool:
+        """Whether both hold the same values, comparing storages by streamed hashes (no tensor in memory)."""
+        if not self.same_view(other):
+            import torch
+
+            return torch.equal(self.materialize(), other.materialize())
+        if self.archive is other.archive and self.key == other.key:
+            return True  # fairseq saves its tied embeddings as one storage
+        return self.archive.storage_digest(self.key) == other.archive.storage_digest(other.key)
+
+
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(size):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
 
 
 def _rebuild_tensor(storage: tuple[_StorageType, str, Any], offset: int, size, stride, *_rest: Any):
@@ -228,7 +264,25 @@ class _Archive:
     prefix: str = ""
 
     def read_storage(self, key: str) -> bytearray:
-        return bytearray(self.zip.read(f"{self.prefix}data/{key}"))
+        """One storage's bytes, read straight into one buffer (torch stores them uncompressed)."""
+        name = f"{self.prefix}data/{key}"
+        buffer = bytearray(self.zip.getinfo(name).file_size)
+        with self.zip.open(name) as f:
+            view, filled = memoryview(buffer), 0
+            while filled < len(buffer):
+                got = f.readinto(view[filled:])
+                if not got:
+                    raise UnsafePickleError(f"{self.path}: storage {key} is truncated")
+                filled += got
+        return buffer
+
+    def storage_digest(self, key: str) -> str:
+        """sha256 of one storage's bytes, streamed in 1 MiB blocks."""
+        digest = hashlib.sha256()
+        with self.zip.open(f"{self.prefix}data/{key}") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
 
 def load_torch_checkpoint(path: str | Path) -> Any:
