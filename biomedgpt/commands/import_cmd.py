@@ -33,6 +33,8 @@ OFA_TASKS = {
     "summary": "summarization",
 }
 PRETRAINING_TASKS = ("caption", "vqa", "grounding", "detection")
+# OFA's `--prompt-type` (vqa_gen): where the decoder reads the question before the answer. "none": it does not.
+PROMPT_TYPES = {"none": None, "prev_output": "prompt", "src": "prompt+eos"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,8 +93,20 @@ def served_tasks(task_cfg: dict[str, Any], requested: str | None) -> list[str]:
     return [OFA_TASKS[name]]
 
 
-def serving_files(folder: Path, *, tasks: list[str], answers: list[str] | None, config: Any) -> None:
-    """serving.json (tasks, BiomedGPT's prompt for each) and answers.json (closed-set tasks)."""
+def decoder_prefixes(task_cfg: dict[str, Any], tasks: list[str]) -> dict[str, str]:
+    """serving.json's `decoder_prefix`: the VQA task of a checkpoint fine-tuned with `--prompt-type prev_output`
+    (or `src`) decodes after its question, as OFA's `vqa_gen` does."""
+    prompt_type = task_cfg.get("prompt_type") or "none"
+    if prompt_type not in PROMPT_TYPES:
+        raise ValueError(f"the checkpoint's task option prompt_type={prompt_type!r} is not supported")
+    mode = PROMPT_TYPES[prompt_type]
+    return {"vqa": mode} if mode and "vqa" in tasks else {}
+
+
+def serving_files(
+    folder: Path, *, tasks: list[str], answers: list[str] | None, config: Any, task_cfg: dict[str, Any]
+) -> None:
+    """serving.json (tasks, BiomedGPT's prompt for each, decoder prefixes) and answers.json (closed-set tasks)."""
     from biomedgpt.tasks import get_task
 
     closed = [t for t in tasks if get_task(t).closed_set]
@@ -103,6 +117,7 @@ def serving_files(folder: Path, *, tasks: list[str], answers: list[str] | None, 
         "arch": config.arch,
         "tasks": tasks,
         "prompts": {t: get_task(t).prompt for t in tasks},
+        "decoder_prefix": decoder_prefixes(task_cfg, tasks),
         "generation": {
             "num_beams": 5,
             "max_new_tokens": 64,
@@ -137,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
                 args.source, work, bpe_dir=args.bpe_dir, weights=args.weights, image_size=args.image_size
             )
             tasks = served_tasks(result.task_config, args.task)
-            serving_files(work, tasks=tasks, answers=answers, config=result.config)
+            serving_files(
+                work, tasks=tasks, answers=answers, config=result.config, task_cfg=result.task_config
+            )
             (work / "conversion.json").write_text(json.dumps(result.report, indent=2) + "\n")
             write_manifest(work, source=result.report["source"])
             _replace(work, out)

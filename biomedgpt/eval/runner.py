@@ -133,6 +133,10 @@ class Evaluator:
         self.layout = self.tokenizer.layout
         self.image_size = self.processor.image_processor.image_size
         self.device = device
+        serving_file = self.checkpoint / "serving.json"
+        serving = json.loads(serving_file.read_text()) if serving_file.is_file() else {}
+        # Tasks whose decoder reads the prompt again before the answer (imported BiomedGPT VQA: prev_output).
+        self.decoder_prefix: dict[str, str] = dict(serving.get("decoder_prefix") or {})
 
     def train_statistics(self, tasks: set[str]) -> tuple[dict[str, list[str]], dict[str, Any]]:
         """From the TRAIN split of eval.answer_shards (default data.shards): the closed-set answer lists per task,
@@ -174,6 +178,16 @@ class Evaluator:
             return {"empty_mask": _finite(empty), "mean_mask": _finite(mean)}
         return {}
 
+    def _decoder_prefixes(self, task: str, batch) -> list[list[int]]:
+        from biomedgpt.model.constraints import decoder_prefix
+
+        bos, eos = self.layout.bos_id, self.layout.eos_id
+        rows = zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())
+        mode = self.decoder_prefix[task]
+        return [
+            decoder_prefix([t for t, m in zip(ids, mask) if m], mode, bos=bos, eos=eos) for ids, mask in rows
+        ]
+
     def decode(self, task, samples: list, mode: str, answers: list[str] | None) -> list[dict[str, Any]]:
         import torch
 
@@ -197,6 +211,8 @@ class Evaluator:
         if "patch_images" in batch:
             pixels = batch["patch_images"].numpy()
             batch["patch_images"] = torch.from_numpy(np.stack([task.transform_pixels(p) for p in pixels]))
+        if self.decoder_prefix.get(task.name):
+            options = replace(options, decoder_prefixes=self._decoder_prefixes(task.name, batch))
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = generate(self.model, **batch, options=options)
         results = []

@@ -187,7 +187,7 @@ def check_graphs(directory: Path, names: tuple[str, ...] = GRAPHS) -> None:
 
 
 # serving.json entries a model folder records when it is made (training or `biomedgpt import`), copied as is.
-RECORDED_SERVING_KEYS = ("tasks", "prompts", "generation", "source")
+RECORDED_SERVING_KEYS = ("tasks", "prompts", "decoder_prefix", "generation", "source")
 
 
 def serving_metadata(model, run_cfg, model_id: str) -> dict[str, Any]:

@@ -79,3 +79,23 @@ def banned_ngram_tokens(tokens: Sequence[int], n: int) -> set[int]:
         if tuple(tokens[i : i + n - 1]) == prefix:
             banned.add(int(tokens[i + n - 1]))
     return banned
+
+
+DECODER_PREFIX_MODES = ("prompt", "prompt+eos")
+"""How a task's decoder prefix is made from its encoder prompt (a model folder's `serving.json`
+`decoder_prefix`): OFA's `--prompt-type prev_output` is "prompt" (the prompt's tokens after `<s>`), `src` is
+"prompt+eos" (the same, then `</s>`)."""
+
+
+def decoder_prefix(prompt_ids: Sequence[int], mode: str | None, *, bos: int, eos: int) -> list[int]:
+    """The tokens forced into the decoder after its start token, from one (unpadded) encoder prompt."""
+    if not mode:
+        return []
+    if mode not in DECODER_PREFIX_MODES:
+        raise ValueError(f"unknown decoder_prefix {mode!r}; expected one of {DECODER_PREFIX_MODES}")
+    ids = [int(t) for t in prompt_ids]
+    if ids and ids[0] == bos:
+        ids = ids[1:]
+    if mode == "prompt" and ids and ids[-1] == eos:
+        ids = ids[:-1]
+    return ids

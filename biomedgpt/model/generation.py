@@ -6,7 +6,9 @@ last position only, and applies the constraints BiomedGPT needs as one additive 
   which also stops image-code tokens leaking into captions, a known trap of the OFA ports;
 - closed-set decoding with an `AnswerTrie` (VQA, classification);
 - `min_new_tokens`, `no_repeat_ngram_size`, and beam search with a length penalty (score / length ** penalty,
-  length counting generated tokens including eos, as in transformers).
+  length counting generated tokens including eos, as in transformers);
+- forced decoder prefixes (`decoder_prefixes`): BiomedGPT's VQA models read the question again in the decoder
+  before the answer (OFA's `--prompt-type prev_output`); the prefix conditions, and is neither scored nor returned.
 `tests/unit/test_generation.py` ties greedy and beam outputs to transformers' `generate()`.
 """
 
@@ -39,6 +41,9 @@ class DecodeOptions:
     """(V,) bool: tokens that may be generated (see `biomedgpt.tokenization.ranges`); None = all but specials."""
     trie: AnswerTrie | None = None
     """Closed-set answers: only sequences of the trie can be produced."""
+    decoder_prefixes: list[list[int]] | None = None
+    """Per sample, tokens forced after the start token before generation begins (not scored, not returned,
+    unseen by the constraints; `max_new_tokens` counts the tokens after them)."""
 
     @classmethod
     def from_config(cls, generation, **overrides) -> DecodeOptions:
@@ -126,9 +131,13 @@ class _Constraints:
         self.no_eos = self.base.clone()
         self.no_eos[self.eos] = float("-inf")
 
-    def __call__(self, step: int, rows: list[list[int]]) -> torch.Tensor:
-        base = self.no_eos if step < self.options.min_new_tokens else self.base
-        mask = base.expand(len(rows), -1)
+    def __call__(self, step: int | list[int], rows: list[list[int]]) -> torch.Tensor:
+        """`step`: tokens generated so far, for all rows or per row."""
+        if isinstance(step, int):
+            base = self.no_eos if step < self.options.min_new_tokens else self.base
+            mask = base.expand(len(rows), -1)
+        else:
+            mask = torch.stack([self.no_eos if s < self.options.min_new_tokens else self.base for s in step])
         if self.options.trie is None and self.options.no_repeat_ngram_size <= 0:
             return mask
         mask = mask.clone()
@@ -168,37 +177,70 @@ def decode(
 ) -> GenerationOutput:
     """Decode from precomputed encoder outputs (greedy when num_beams == 1, else beam search)."""
     options = options or DecodeOptions()
+    batch = encoder_outputs.last_hidden_state.shape[0]
+    if options.decoder_prefixes is not None and len(options.decoder_prefixes) != batch:
+        raise ValueError(f"decoder_prefixes has {len(options.decoder_prefixes)} rows for a batch of {batch}")
     if options.num_beams == 1:
         return _greedy(model, encoder_outputs, code_masks, options)
     return _beam_search(model, encoder_outputs, code_masks, options)
+
+
+class _Prefixes:
+    """Forced decoder prefixes: which rows are still reading theirs at a step, and the token each must take."""
+
+    def __init__(self, prefixes: list[list[int]] | None, batch: int) -> None:
+        self.prefixes = prefixes or [[] for _ in range(batch)]
+        self.lengths = [len(p) for p in self.prefixes]
+        self.longest = max(self.lengths, default=0)
+
+    def force(self, step: int, logprobs: torch.Tensor, rows_per_sample: int = 1) -> torch.Tensor:
+        """Rows still in their prefix at `step` may take only the prefix token, at no cost."""
+        if step >= self.longest:
+            return logprobs
+        logprobs = logprobs.clone()
+        for b, prefix in enumerate(self.prefixes):
+            if step < len(prefix):
+                block = slice(b * rows_per_sample, (b + 1) * rows_per_sample)
+                logprobs[block] = float("-inf")
+                logprobs[block, prefix[step]] = 0.0
+        return logprobs
 
 
 def _greedy(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
     config = model.config
     batch = encoder_outputs.last_hidden_state.shape[0]
     device = encoder_outputs.last_hidden_state.device
-    decoder = _Decoder(model, encoder_outputs, code_masks, batch=batch, max_len=options.max_new_tokens)
+    prefixes = _Prefixes(options.decoder_prefixes, batch)
+    steps = prefixes.longest + options.max_new_tokens
+    decoder = _Decoder(model, encoder_outputs, code_masks, batch=batch, max_len=steps)
     constraints = _Constraints(options, config, model.lm_head.out_features, device)
+    start = torch.tensor(prefixes.lengths, device=device)  # the step at which each row begins to generate
     tokens = torch.full((batch, 1), config.decoder_start_token_id, device=device)
     out = torch.full((batch, options.max_new_tokens), config.pad_token_id, device=device)
     scores = torch.zeros(batch, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    written = torch.zeros(batch, dtype=torch.long, device=device)
     rows: list[list[int]] = [[] for _ in range(batch)]
-    for step in range(options.max_new_tokens):
-        logprobs = decoder.step(tokens) + constraints(step, rows)  # (B, V)
+    track = options.trie is not None or options.no_repeat_ngram_size > 0
+    for step in range(steps):
+        generated = step - start  # (B,) tokens generated so far; negative while reading the prefix
+        mask = constraints(step if not prefixes.longest else generated.clamp(min=0).tolist(), rows)
+        logprobs = prefixes.force(step, decoder.step(tokens) + mask)  # (B, V)
         best, next_tokens = logprobs.max(dim=-1)
+        writing = generated.ge(0) & ~done
         next_tokens = next_tokens.masked_fill(done, config.pad_token_id)
-        scores += best.masked_fill(done, 0.0)
-        out[:, step] = next_tokens
-        done |= next_tokens.eq(config.eos_token_id)
-        if options.trie is not None or options.no_repeat_ngram_size > 0:
-            for i, t in enumerate(next_tokens.tolist()):
-                rows[i].append(t)
+        scores += best.masked_fill(~writing, 0.0)
+        index = writing.nonzero().squeeze(1)
+        out[index, generated[index]] = next_tokens[index]
+        written += writing.long()
+        done |= writing & (next_tokens.eq(config.eos_token_id) | (generated + 1).ge(options.max_new_tokens))
+        if track:
+            for i in index.tolist():
+                rows[i].append(int(next_tokens[i]))
         if bool(done.all()):
-            out = out[:, : step + 1]
             break
         tokens = next_tokens[:, None]
-    return GenerationOutput(sequences=out, scores=scores)
+    return GenerationOutput(sequences=out[:, : max(1, int(written.max()))], scores=scores)
 
 
 def _beam_search(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
@@ -207,38 +249,51 @@ def _beam_search(model, encoder_outputs, code_masks, options: DecodeOptions) -> 
     batch = encoder_outputs.last_hidden_state.shape[0]
     device = encoder_outputs.last_hidden_state.device
     rows_n = batch * beams
+    prefixes = _Prefixes(options.decoder_prefixes, batch)
+    start = prefixes.lengths  # per sample: the step at which its beams begin to generate
+    steps = prefixes.longest + options.max_new_tokens
     expanded = _expand_encoder_outputs(encoder_outputs, beams)
     beam_code_masks = code_masks.repeat_interleave(beams) if code_masks is not None else None
-    decoder = _Decoder(model, expanded, beam_code_masks, batch=rows_n, max_len=options.max_new_tokens)
+    decoder = _Decoder(model, expanded, beam_code_masks, batch=rows_n, max_len=steps)
     constraints = _Constraints(options, config, model.lm_head.out_features, device)
     vocab = model.lm_head.out_features
+    penalty = options.length_penalty
 
     beam_scores = torch.zeros(batch, beams, device=device)
     beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first one at step 0
     beam_scores = beam_scores.view(-1)
     tokens = torch.full((rows_n, 1), config.decoder_start_token_id, device=device)
-    history: list[list[int]] = [[] for _ in range(rows_n)]
+    history: list[list[int]] = [[] for _ in range(rows_n)]  # generated tokens (prefixes excluded)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     done = [False] * batch
 
-    for step in range(options.max_new_tokens):
-        logprobs = decoder.step(tokens) + constraints(step, history)  # (N, V)
+    def keep_live_beams(b: int) -> None:
+        """A sample out of steps: its live beams count as hypotheses."""
+        if len(finished[b]) < beams:
+            for row in range(b * beams, (b + 1) * beams):
+                score = float(beam_scores[row])
+                if score != float("-inf"):
+                    finished[b].append((score / max(1, len(history[row])) ** penalty, history[row]))
+            finished[b].sort(key=lambda h: -h[0])
+
+    for step in range(steps):
+        generated = [max(0, step - start[r // beams]) for r in range(rows_n)] if prefixes.longest else step
+        logprobs = decoder.step(tokens) + constraints(generated, history)  # (N, V)
+        logprobs = prefixes.force(step, logprobs, rows_per_sample=beams)
         candidates = (logprobs + beam_scores[:, None]).view(batch, beams * vocab)
         top_scores, top_ids = candidates.topk(2 * beams, dim=-1)  # (B, 2K)
         top_scores, top_ids = top_scores.tolist(), top_ids.tolist()
         next_rows, next_tokens, next_scores = [], [], []
         for b in range(batch):
+            length = step + 1 - start[b]  # tokens generated once this step's token is added
             kept = 0
             for rank, (score, flat) in enumerate(zip(top_scores[b], top_ids[b])):
                 parent, token = b * beams + flat // vocab, flat % vocab
                 if done[b] or score == float("-inf"):
                     break
-                if token == config.eos_token_id:
+                if token == config.eos_token_id and length > 0:
                     if rank < beams:  # an eos outside the top K beams is not a better hypothesis
-                        length = step + 1
-                        finished[b].append(
-                            (score / length**options.length_penalty, [*history[parent], token])
-                        )
+                        finished[b].append((score / length**penalty, [*history[parent], token]))
                     continue
                 next_rows.append(parent)
                 next_tokens.append(token)
@@ -256,25 +311,27 @@ def _beam_search(model, encoder_outputs, code_masks, options: DecodeOptions) -> 
             if not done[b] and len(finished[b]) == beams:
                 best_alive = max(next_scores[-beams:])
                 # transformers' default (early_stopping=False): stop when no live beam can beat the worst kept one
-                done[b] = best_alive / (step + 1) ** options.length_penalty <= finished[b][-1][0]
+                done[b] = best_alive / length**penalty <= finished[b][-1][0]
         if all(done):
             break
         rows_t = torch.tensor(next_rows, device=device)
         decoder.cache.reorder(rows_t)
         beam_scores = torch.tensor(next_scores, device=device)
         tokens = torch.tensor(next_tokens, device=device)[:, None]
-        history = [[*history[r], t] for r, t in zip(next_rows, next_tokens)]
+        history = [
+            [*history[r], t] if step >= start[i // beams] else history[r]
+            for i, (r, t) in enumerate(zip(next_rows, next_tokens))
+        ]
+        for b in range(batch):
+            if not done[b] and step + 1 - start[b] >= options.max_new_tokens:
+                keep_live_beams(b)
+                done[b] = True
+        if all(done):
+            break
 
-    for b in range(batch):  # unfinished samples: their live beams count as hypotheses
-        if len(finished[b]) < beams:
-            for k in range(beams):
-                row = b * beams + k
-                score = float(beam_scores[row])
-                if score != float("-inf"):
-                    finished[b].append(
-                        (score / max(1, len(history[row])) ** options.length_penalty, history[row])
-                    )
-            finished[b].sort(key=lambda h: -h[0])
+    for b in range(batch):
+        if not done[b]:
+            keep_live_beams(b)
     best = [finished[b][0] if finished[b] else (float("-inf"), []) for b in range(batch)]
     width = max(1, max(len(h[1]) for h in best))
     out = torch.full((batch, width), config.pad_token_id, device=device)

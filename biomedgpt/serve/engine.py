@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from biomedgpt.model.constraints import AnswerTrie
+from biomedgpt.model.constraints import AnswerTrie, decoder_prefix
 from biomedgpt.model.image_processing import BiomedGPTImageProcessor
 from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
 from biomedgpt.serve.tokenizer import ServeTokenizer
@@ -96,6 +96,8 @@ class Engine(abc.ABC):
         self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
         # The prompt each task was trained with, as the model folder records it (imports: BiomedGPT's own).
         self.prompts: dict[str, str] = dict(serving.get("prompts") or {})
+        # Tasks whose decoder reads the prompt again before the answer (BiomedGPT's VQA: prev_output).
+        self.decoder_prefix: dict[str, str] = dict(serving.get("decoder_prefix") or {})
         self._tries: dict[str, AnswerTrie] = {}
         layout = self.tokenizer.layout
         self.special_ids = SpecialIds(
@@ -221,6 +223,7 @@ class Engine(abc.ABC):
             no_repeat_ngram_size=self.defaults.no_repeat_ngram_size,
             allowed_tokens=task.allowed_token_mask(self.tokenizer.layout),
             trie=self._trie(task) if first.use_trie else None,
+            decoder_prefixes=self._decoder_prefixes(task.name, group),
         )
         width = max(len(item.prompt_ids) for item in group)
         input_ids = np.full((len(group), width), self.special_ids.pad, dtype=np.int64)
@@ -244,6 +247,13 @@ class Engine(abc.ABC):
             output["label" if task.name == "classification" else "answer"] = output.get("text", "")
             output["score"] = math.exp(score) if item.num_beams == 1 else None
         return TaskResult(task=task.name, prompt=item.prompt, output=output, tokens=tokens, score=score)
+
+    def _decoder_prefixes(self, task: str, group: list[Prepared]) -> list[list[int]] | None:
+        mode = self.decoder_prefix.get(task)
+        if not mode:
+            return None
+        ids = self.special_ids
+        return [decoder_prefix(item.prompt_ids, mode, bos=ids.bos, eos=ids.eos) for item in group]
 
     def _trie(self, task) -> AnswerTrie:
         if task.name not in self._tries:

@@ -54,6 +54,7 @@ class TorchEngine(Engine):
             no_repeat_ngram_size=spec.no_repeat_ngram_size,
             allowed_tokens=torch.from_numpy(spec.allowed_tokens) if spec.allowed_tokens is not None else None,
             trie=spec.trie,
+            decoder_prefixes=spec.decoder_prefixes,
         )
         out = generate(
             self.model,

@@ -32,7 +32,10 @@ def imported(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("ofa")
     bpe = write_bpe_dir(work / "bpe")
     model = random_ofa_model(vocab_size=len(build_ofa_tokenizer(bpe)), seed=4)
-    ckpt = write_fairseq_checkpoint(work / "vqa.pt", ofa_state_dict(model), options=ofa_options())
+    # BiomedGPT's VQA-RAD recipe: the decoder reads the question before the answer (`--prompt-type prev_output`).
+    ckpt = write_fairseq_checkpoint(
+        work / "vqa.pt", ofa_state_dict(model), options=ofa_options(), task={"prompt_type": "prev_output"}
+    )
     (work / "ans2label.json").write_text(json.dumps({a: i for i, a in enumerate(ANSWERS)}))
     args = ["import", str(ckpt), "--out", str(work / "biomedgpt-vqa"), "--bpe-dir", str(bpe)]
     assert cli.main([*args, "--answers", str(work / "ans2label.json")]) == 0
@@ -96,6 +99,7 @@ def test_eval_export_and_both_engines_serve_the_imported_folder(imported, shards
     assert all(case["greedy_identical"] for case in manifest["parity"]["cases"])
     serving = json.loads((tmp_path / "onnx" / "serving.json").read_text())
     assert serving["tasks"] == ["vqa"] and serving["prompts"] == {"vqa": " {question}"}
+    assert serving["decoder_prefix"] == {"vqa": "prompt"}
     assert json.loads((tmp_path / "onnx" / "answers.json").read_text()) == {"vqa": ANSWERS}
 
     ort_engine = load_engine(tmp_path / "onnx", engine="onnxruntime")
@@ -103,6 +107,7 @@ def test_eval_export_and_both_engines_serve_the_imported_folder(imported, shards
     got = ort_engine.run([ort_engine.prepare(r) for r in _requests()])
     want = torch_engine.run([torch_engine.prepare(r) for r in _requests()])
     assert [g.output for g in got] == [w.output for w in want]
+    assert torch_engine.decoder_prefix == ort_engine.decoder_prefix == {"vqa": "prompt"}
     for result in got:
         assert result.output["answer"] in ANSWERS  # decoded over the folder's answer trie
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -155,3 +156,115 @@ def test_beam_search_scores_at_least_greedy(tiny_model):
         tiny_model, **batch, options=DecodeOptions(max_new_tokens=10, num_beams=4, length_penalty=0.0)
     )
     assert (beam.scores >= greedy.scores - 1e-4).all()
+
+
+# --- forced decoder prefixes (BiomedGPT's VQA reads the question in the decoder: `--prompt-type prev_output`) ---
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decoder_prefix_matches_transformers_continuing_decoder_input_ids(tiny_model, num_beams):
+    """A forced prefix is what transformers' `generate(decoder_input_ids=[start, *prefix])` continues from: the
+    same tokens after it, scored (and length-normalized) over the generated tokens only."""
+    keep = [2, *range(40, 48)]
+    suppressed = [t for t in range(VOCAB) if t not in keep]
+    batch = _batch(seed=4)
+    g = torch.Generator().manual_seed(5)
+    prefixes = torch.randint(4, VOCAB, (3, 4), generator=g)
+    start = torch.full((3, 1), tiny_model.config.decoder_start_token_id)
+    options = DecodeOptions(
+        max_new_tokens=10,
+        num_beams=num_beams,
+        allowed_tokens=_allowed(suppressed),
+        decoder_prefixes=prefixes.tolist(),
+    )
+    ours = generate(tiny_model, **batch, options=options).sequences
+    theirs = tiny_model.generate(
+        **batch,
+        decoder_input_ids=torch.cat([start, prefixes], dim=1),
+        max_new_tokens=10,
+        num_beams=num_beams,
+        do_sample=False,
+        suppress_tokens=suppressed,
+    )[:, 1 + prefixes.shape[1] :]
+    width = ours.shape[1]
+    assert torch.equal(ours, theirs[:, :width])
+    assert (theirs[:, width:] == 1).all()
+    unprefixed = generate(tiny_model, **batch, options=replace(options, decoder_prefixes=None)).sequences
+    assert not torch.equal(ours[:, : unprefixed.shape[1]], unprefixed[:, : ours.shape[1]]), (
+        "the prefix should change what this model decodes"
+    )
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_prefixes_of_different_lengths_in_one_batch_equal_each_alone(tiny_model, num_beams):
+    batch = _batch(seed=6)
+    prefixes = [[50, 51, 52, 53, 54], [], [60, 61]]
+    answers = AnswerTrie([[40, 41], [42], [43, 44, 45]], eos_token_id=2)
+    opts = DecodeOptions(max_new_tokens=6, num_beams=num_beams, min_new_tokens=1, decoder_prefixes=prefixes)
+    for trie in (None, answers):
+        together = generate(tiny_model, **batch, options=replace(opts, trie=trie)).sequences
+        for i in range(3):
+            n = int(batch["attention_mask"][i].sum())
+            alone = generate(
+                tiny_model,
+                input_ids=batch["input_ids"][i : i + 1, :n],
+                patch_images=batch["patch_images"][i : i + 1],
+                options=replace(opts, trie=trie, decoder_prefixes=[prefixes[i]]),
+            ).sequences
+            width = alone.shape[1]
+            assert torch.equal(together[i, :width], alone[0])
+            assert (together[i, width:] == 1).all()
+            assert alone.shape[1] <= opts.max_new_tokens
+            if trie is not None:
+                assert answers.contains(alone[0].tolist()), alone
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_numpy_loop_forces_prefixes_as_the_torch_loop_does(tiny_model, num_beams):
+    """The ONNX Runtime engine's numpy loop (`biomedgpt.serve.decoding`) gives the torch loop's tokens, with
+    prefixes of different lengths, over the same model decoder."""
+    import numpy as np
+
+    from biomedgpt.model.generation import _Decoder, _expand_encoder_outputs
+    from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
+    from biomedgpt.serve.decoding import decode as numpy_decode
+
+    class TorchStep:  # the numpy loop's one-step interface over the model's decoder and KV cache
+        def __init__(self, encoder_outputs, rows):
+            self.inner = _Decoder(tiny_model, encoder_outputs, None, batch=rows, max_len=32)
+
+        def step(self, tokens):
+            return self.inner.step(torch.from_numpy(tokens)).numpy()
+
+        def reorder(self, rows):
+            self.inner.cache.reorder(torch.from_numpy(rows))
+
+    batch = _batch(seed=7)
+    prefixes = [[50, 51, 52], [70], [60, 61, 62, 63, 64]]
+    opts = DecodeOptions(max_new_tokens=8, num_beams=num_beams, decoder_prefixes=prefixes)
+    ours = generate(tiny_model, **batch, options=opts).sequences.numpy()
+    with torch.no_grad():
+        encoded = tiny_model.get_encoder()(**batch)
+        step = TorchStep(_expand_encoder_outputs(encoded, num_beams), 3 * num_beams)
+        config = tiny_model.config
+        ids = SpecialIds(
+            pad=config.pad_token_id,
+            bos=config.bos_token_id,
+            eos=config.eos_token_id,
+            decoder_start=config.decoder_start_token_id,
+        )
+        spec = DecodeSpec(max_new_tokens=8, num_beams=num_beams, decoder_prefixes=prefixes)
+        theirs, _ = numpy_decode(step, batch=3, spec=spec, ids=ids, vocab_size=VOCAB)
+    assert np.array_equal(ours, theirs)
+
+
+def test_decoder_prefix_from_a_prompt(tiny_model):
+    from biomedgpt.model.constraints import decoder_prefix
+
+    assert decoder_prefix([0, 7, 8, 9, 2], "prompt", bos=0, eos=2) == [7, 8, 9]
+    assert decoder_prefix([0, 7, 8, 9, 2], "prompt+eos", bos=0, eos=2) == [7, 8, 9, 2]
+    assert decoder_prefix([0, 7, 2], None, bos=0, eos=2) == []
+    with pytest.raises(ValueError, match="unknown decoder_prefix 'question'"):
+        decoder_prefix([0, 7, 2], "question", bos=0, eos=2)
+    with pytest.raises(ValueError, match="decoder_prefixes has 1 rows for a batch of 3"):
+        generate(tiny_model, **_batch(), options=DecodeOptions(decoder_prefixes=[[5]]))

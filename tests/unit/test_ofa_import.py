@@ -270,3 +270,17 @@ def test_optimizer_state_is_never_read(tmp_path, source_model, monkeypatch):
     assert len(reads) == 1
     assert isinstance(loaded["args"], type(None)) and isinstance(loaded["cfg"]["model"], dict)
     assert not isinstance(loaded["cfg"]["model"], argparse.Namespace)
+
+
+def test_vqa_prompt_type_becomes_the_folders_decoder_prefix():
+    """OFA's `--prompt-type` decides whether the decoder reads the question before the answer; the folder
+    records it for the VQA task only, and an unknown value is refused by name."""
+    from biomedgpt.commands.import_cmd import decoder_prefixes
+
+    assert decoder_prefixes({"_name": "vqa_gen", "prompt_type": "prev_output"}, ["vqa"]) == {"vqa": "prompt"}
+    assert decoder_prefixes({"_name": "vqa_gen", "prompt_type": "src"}, ["vqa"]) == {"vqa": "prompt+eos"}
+    assert decoder_prefixes({"_name": "vqa_gen", "prompt_type": "none"}, ["vqa"]) == {}
+    assert decoder_prefixes({"_name": "vqa_gen"}, ["vqa"]) == {}
+    assert decoder_prefixes({"_name": "caption", "prompt_type": "prev_output"}, ["caption"]) == {}
+    with pytest.raises(ValueError, match="prompt_type='question'"):
+        decoder_prefixes({"_name": "vqa_gen", "prompt_type": "question"}, ["vqa"])
