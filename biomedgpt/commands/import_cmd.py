@@ -86,7 +86,7 @@ def served_tasks(task_cfg: dict[str, Any], requested: str | None) -> list[str]:
             raise ValueError(f"unknown --task {requested!r} (known: {', '.join(TASKS)})")
         return [requested]
     name = task_cfg.get("_name") or task_cfg.get("task")
-    if name == "unify_task" or name is None:
+    if name in (None, "unify_task", "ofa"):  # pretraining, or OFA's base task: every pretraining task
         return list(PRETRAINING_TASKS)
     if name not in OFA_TASKS:
         raise ValueError(f"the checkpoint's task {name!r} has no counterpart here; name one with --task")
@@ -111,7 +111,11 @@ def serving_files(
 
     closed = [t for t in tasks if get_task(t).closed_set]
     if closed and answers is None:
-        raise ValueError(f"task {closed[0]} decodes over a closed answer set: pass --answers FILE")
+        print(
+            f"warning: no --answers: {', '.join(closed)} will decode open-ended (BiomedGPT's fine-tuned models "
+            "decode over their answer list: pass --answers FILE for that)",
+            file=sys.stderr,
+        )
     serving = {
         "model_id": folder.name,
         "arch": config.arch,
@@ -129,7 +133,8 @@ def serving_files(
         "source": "biomedgpt import (OFA/BiomedGPT fairseq checkpoint)",
     }
     (folder / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
-    (folder / "answers.json").write_text(json.dumps({t: answers for t in closed}, indent=2) + "\n")
+    closed_answers = {t: answers for t in closed} if answers is not None else {}
+    (folder / "answers.json").write_text(json.dumps(closed_answers, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -239,15 +239,24 @@ def test_bad_checkpoints_are_refused_naming_the_problem(
     assert not (tmp_path / "out").exists()
 
 
-def test_closed_set_task_without_answers_and_unknown_arch_are_refused(
+def test_without_answers_vqa_decodes_open_ended_and_an_unknown_arch_is_refused(
     tmp_path, bpe_dir, source_model, capsys
 ):
+    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.types import TaskRequest
+
     state = ofa_state_dict(source_model)
-    ckpt = write_fairseq_checkpoint(tmp_path / "a.pt", state, options=ofa_options())
-    assert _import(tmp_path, bpe_dir, ckpt) == 2  # vqa_gen: a trie over answers is part of the task
-    assert "--answers" in capsys.readouterr().err
+    ckpt = write_fairseq_checkpoint(tmp_path / "a.pt", state, options=ofa_options(), task={"_name": "ofa"})
+    assert _import(tmp_path, bpe_dir, ckpt) == 0  # OFA's base task: the pretraining tasks
+    assert "vqa will decode open-ended" in capsys.readouterr().err
+    serving = json.loads((tmp_path / "out" / "serving.json").read_text())
+    assert serving["tasks"] == ["caption", "vqa", "grounding", "detection"]
+    assert json.loads((tmp_path / "out" / "answers.json").read_text()) == {}
+    engine = load_engine(tmp_path / "out", engine="torch")
+    plan = engine.plan(TaskRequest(task="vqa", image=None, fields={"question": "is there a lesion"}))
+    assert not plan.use_trie
     ckpt = write_fairseq_checkpoint(tmp_path / "b.pt", state, options=ofa_options(arch="ofa_giant"))
-    assert _import(tmp_path, bpe_dir, ckpt, "--task", "caption") == 2
+    assert _import(tmp_path, bpe_dir, ckpt, "--task", "caption", "--overwrite") == 2
     assert "arch='ofa_giant'" in capsys.readouterr().err
 
 
