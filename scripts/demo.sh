@@ -53,7 +53,7 @@ if [ "$CI_MODE" = 1 ]; then
 fi
 cat <<MSG
 
-  API   http://127.0.0.1:$API_PORT   (OpenAI base_url http://127.0.0.1:$API_PORT/v1; docs at /docs)
+  API   http://127.0.0.1:$API_PORT   (OpenAI base_url http://127.0.0.1:$API_PORT/v1; schema at /openapi.json with the key)
   demo  http://127.0.0.1:$DEMO_PORT
   key   $BIOMEDGPT_API_KEY   (send as "Authorization: Bearer <key>")
   logs  runs/logs/serve.log, runs/logs/demo.log

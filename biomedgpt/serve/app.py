@@ -2,7 +2,9 @@
 
     GET  /health                 live: the process answers (never needs the model)
     GET  /ready                  200 once the model is loaded, 503 before (or when loading failed)
-    GET  /metrics                Prometheus text
+    GET  /metrics                Prometheus text (needs the key when one is set, unless `metrics_public`)
+    GET  /openapi.json           the schema (needs the key when one is set, unless `enable_docs`)
+    GET  /docs, /redoc           interactive docs, only with `enable_docs` (they load scripts from a CDN)
     GET  /v1/models[/{id}]       OpenAI model list: `<model_id>` and `<model_id>:<task>` per served task
     POST /v1/tasks/{task}        JSON (base64 image) or multipart (image file part) -> structured output
     POST /v1/chat/completions    OpenAI chat.completion with one data-URL image
@@ -193,6 +195,9 @@ def create_app(
         version=__version__,
         description="Biomedical vision-language tasks and an OpenAI-compatible chat endpoint.",
         lifespan=lifespan,
+        # The interactive docs load their scripts from a CDN: off unless asked for (`enable_docs`).
+        docs_url="/docs" if config.enable_docs else None,
+        redoc_url="/redoc" if config.enable_docs else None,
     )
     app.state.serve = state
     install_error_handlers(app, metrics)
@@ -204,12 +209,23 @@ def create_app(
         body_timeout_s=config.body_timeout_s,
         metrics=metrics,
     )
-    app.add_middleware(APIKeyMiddleware, api_key=config.api_key, metrics=metrics)
+    app.add_middleware(
+        APIKeyMiddleware, api_key=config.api_key, metrics=metrics, protected_paths=key_protected_paths(config)
+    )
     app.add_middleware(ConnectionCapMiddleware, max_connections=config.max_connections, metrics=metrics)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_probe_routes(app, state)
     _add_v1_routes(app, state)
     return app
+
+
+def key_protected_paths(config: ServeConfig) -> list[str]:
+    """The paths outside /v1 that need the key (when one is set): /metrics unless `metrics_public`, the OpenAPI
+    schema unless `enable_docs` (the docs pages fetch it without a key). /health and /ready never do."""
+    return [
+        *([] if config.metrics_public else ["/metrics"]),
+        *([] if config.enable_docs else ["/openapi.json"]),
+    ]
 
 
 def create_app_from_config(config: ServeConfig) -> FastAPI:
@@ -357,4 +373,5 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
             completion_tokens=result.generated_tokens,
             finished=served.finished,
             timing_ms=served.timing_ms,
+            stop=body.stop_strings,
         )

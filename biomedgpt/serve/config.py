@@ -52,6 +52,12 @@ class ServeConfig:
     Prefer the environment (BIOMEDGPT_API_KEY) over a file or a flag: flags show up in `ps`."""
     allow_no_key: bool = False
     """Bind a non-loopback host without an API key (behind an authenticating proxy, say)."""
+    enable_docs: bool = False
+    """Serve the interactive docs at /docs and /redoc, and /openapi.json without the key. Off by default: those
+    pages load swagger-ui and redoc from a CDN. Off, /openapi.json needs the key like /v1 (when a key is set)."""
+    metrics_public: bool = False
+    """Serve /metrics without the key (for a scraper that cannot send one). Off, /metrics needs the key when a
+    key is set; /health and /ready never need it."""
     max_batch_size: int = 8
     """Most requests decoded together in one engine call (dynamic batching)."""
     max_wait_ms: float = 5.0

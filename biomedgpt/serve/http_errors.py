@@ -164,7 +164,7 @@ def location(loc: Any) -> str | None:
 def from_http_exception(request: Request, exc: StarletteHTTPException) -> APIError:
     status = exc.status_code
     if status == 404 and exc.detail == "Not Found":
-        message = f"{request.method} {request.url.path} is not a route of this server (see /docs)"
+        message = f"{request.method} {request.url.path} is not a route of this server (see /openapi.json)"
     elif status == 405:
         message = f"{request.method} is not allowed on {request.url.path}"
     else:

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Collection
 
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -129,19 +130,35 @@ class ConnectionCapMiddleware:
 
 
 class APIKeyMiddleware:
-    """Every path under /v1 needs the key, as `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    """Every path under /v1 needs the key, as `Authorization: Bearer KEY` or `x-api-key: KEY`, and so do the
+    paths in `protected_paths` (/metrics, /openapi.json unless the config opens them).
 
-    Unknown /v1 paths answer 401 too, so the key gates even the discovery of routes. Comparison is constant-time.
+    Unknown /v1 paths answer 401 too, so the key gates even the discovery of routes. /health and /ready are never
+    protected (probes of an orchestrator send no key). Comparison is constant-time.
     """
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: ServeMetrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        metrics: ServeMetrics,
+        protected_paths: Collection[str] = (),
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.metrics = metrics
+        self.protected_paths = frozenset(protected_paths)
+
+    def protects(self, path: str) -> bool:
+        return (
+            path == PROTECTED_PREFIX
+            or path.startswith(PROTECTED_PREFIX + "/")
+            or path.rstrip("/") in self.protected_paths
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        protected = path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+        protected = self.protects(scope.get("path", ""))
         if self.api_key is None or scope["type"] != "http" or not protected:
             await self.app(scope, receive, send)
             return

@@ -6,6 +6,8 @@ answered as open text (task "caption" with the user's words as the prompt). For 
 slot (vqa question, grounding phrase, segmentation structure) the user's text fills that slot, so the prompt
 is the one the model was trained on; for the other pinned tasks the text, if any, is the instruction.
 Structured outputs are rendered as JSON text in `content` and given parsed in the top-level `biomedgpt` field.
+`stop` strings cut `content` before the first one found (finish_reason "stop"); decoding itself is not cut short,
+so `usage` counts every decoded token and `biomedgpt.output` keeps the whole parsed output.
 """
 
 from __future__ import annotations
@@ -140,8 +142,10 @@ def chat_completion(
     completion_tokens: int,
     finished: bool,
     timing_ms: dict[str, float],
+    stop: Sequence[str] = (),
 ) -> dict[str, Any]:
     """An OpenAI `chat.completion` object; `output` is already rendered (JSON-safe)."""
+    content, stopped = cut_at_stop(content_text(task, output), stop)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -151,8 +155,8 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content_text(task, output), "refusal": None},
-                "finish_reason": "stop" if finished else "length",
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop" if finished or stopped else "length",
                 "logprobs": None,
             }
         ],
@@ -163,6 +167,12 @@ def chat_completion(
         },
         "biomedgpt": {"task": task, "prompt": prompt, "output": output, "timing_ms": timing_ms},
     }
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest occurrence of any of `stop` (excluded), and whether one was found."""
+    found = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
 
 
 def chat_error_field(field: str | None, plan: ChatPlan) -> str | None:

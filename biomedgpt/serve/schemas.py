@@ -1,16 +1,19 @@
 """Request bodies of the HTTP API as pydantic models: they validate input and document it in /openapi.json.
 
 Unknown fields are errors (a typo such as `max_new_token` must not be silently ignored); the chat body accepts
-the OpenAI parameters a client commonly sends even where they change nothing here (`temperature`: decoding is
-greedy or beam search, deterministic). Text lengths are checked by the app against `ServeConfig.max_text_chars`
-(`check_text_lengths`), so the limit is configurable and its message names it.
+the OpenAI parameters a client commonly sends even where they change nothing here: decoding is greedy or beam
+search, deterministic, so `temperature`, `top_p`, `presence_penalty` and `frequency_penalty` are checked against
+OpenAI's ranges (a value outside answers 422 naming the parameter) and otherwise ignored. `stop` is applied: the
+answer is cut before the first stop string. Text lengths are checked by the app against
+`ServeConfig.max_text_chars` (`check_text_lengths`), so the limit is configurable and its message names it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from biomedgpt.serve.types import RequestError
 
@@ -65,6 +68,36 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+MAX_STOP_STRINGS = 4
+"""OpenAI's limit on `stop` strings."""
+
+
+def in_range(low: float, high: float) -> AfterValidator:
+    """A validator of an optional number in [low, high] whose error names the range (NaN is outside it)."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not low <= value <= high:
+            # The message is the template: pydantic fills "{name}" fields from the context, and there are none.
+            raise PydanticCustomError(
+                "out_of_range", f"must be between {low:g} and {high:g} (OpenAI's range), got {value:g}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def ranged(low: float, high: float, description: str) -> Any:
+    """The field of an optional float in [low, high] (checked by `in_range`), its range shown in the schema."""
+    return Field(default=None, description=description, json_schema_extra={"minimum": low, "maximum": high})
+
+
+IGNORED = "accepted in OpenAI's range and ignored: decoding here is deterministic (greedy or beam search)"
+Temperature = Annotated[float | None, in_range(0.0, 2.0)]
+TopP = Annotated[float | None, in_range(0.0, 1.0)]
+Penalty = Annotated[float | None, in_range(-2.0, 2.0)]
+StopList = Annotated[list[str], Field(min_length=1, max_length=MAX_STOP_STRINGS)]
+
+
 class ChatMessage(BaseModel):
     # History messages may carry fields of other features (tool calls, refusals): they are ignored.
     model_config = ConfigDict(extra="ignore")
@@ -87,10 +120,15 @@ class ChatBody(BaseModel):
     max_completion_tokens: int | None = Field(default=None, description="wins over max_tokens")
     stream: bool | None = Field(default=False, description="streaming is not supported: must be false")
     n: int | None = Field(default=1, description="must be 1")
-    temperature: float | None = Field(
-        default=None, description="accepted and ignored: decoding is deterministic"
+    temperature: Temperature = ranged(0.0, 2.0, f"0 to 2; {IGNORED}")
+    top_p: TopP = ranged(0.0, 1.0, f"0 to 1; {IGNORED}")
+    presence_penalty: Penalty = ranged(-2.0, 2.0, f"-2 to 2; {IGNORED}")
+    frequency_penalty: Penalty = ranged(-2.0, 2.0, f"-2 to 2; {IGNORED}")
+    stop: str | StopList | None = Field(
+        default=None,
+        description=f"up to {MAX_STOP_STRINGS} non-empty strings: the answer is cut before the first one found "
+        '(finish_reason "stop"); the `biomedgpt.output` field keeps the whole parsed output',
     )
-    top_p: float | None = Field(default=None, description="accepted and ignored")
     seed: int | None = None
     user: str | None = Field(default=None, max_length=256)
     stream_options: dict[str, Any] | None = None
@@ -100,6 +138,27 @@ class ChatBody(BaseModel):
     num_beams: int | None = None
     closed_set: bool | None = None
     mask_format: MaskFormat = "rle"
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        """One clear message for any wrong `stop` (pydantic's would name each member of the union)."""
+        strings = [value] if isinstance(value, str) else value
+        if value is None or (
+            isinstance(strings, list)
+            and 1 <= len(strings) <= MAX_STOP_STRINGS
+            and all(isinstance(item, str) and item for item in strings)
+        ):
+            return value
+        raise PydanticCustomError(
+            "invalid_stop",
+            "must be a non-empty string or a list of 1 to {limit} non-empty strings",
+            {"limit": MAX_STOP_STRINGS},
+        )
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class ErrorDetail(BaseModel):

@@ -75,8 +75,9 @@ def image_part(url: str = DATA_URL) -> dict:
 @contextmanager
 def running_api(model_dir, **overrides) -> Iterator[BackgroundServer]:
     """The API over the torch engine on `model_dir`, with a key, a small body limit and a 30 ms batching window;
-    `overrides` replace any `ServeConfig` field."""
+    `overrides` replace any `ServeConfig` field (`api_key=None` serves without a key)."""
     settings = {
+        "api_key": API_KEY,
         "max_new_tokens": 300,  # segmentation's default budget at 64 px is 257
         "max_batch_size": 8,
         "max_wait_ms": 30,
@@ -84,7 +85,7 @@ def running_api(model_dir, **overrides) -> Iterator[BackgroundServer]:
         "log_level": "warning",
         **overrides,
     }
-    config = ServeConfig(model=model_dir, engine="torch", port=free_port(), api_key=API_KEY, **settings)
+    config = ServeConfig(model=model_dir, engine="torch", port=free_port(), **settings)
     engine = load_engine(model_dir, engine="torch", limits=config.engine_limits())
     with BackgroundServer(create_app(engine, config), config) as running:
         yield running

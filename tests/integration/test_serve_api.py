@@ -84,7 +84,8 @@ def test_probes_answer_without_a_key(server):
     assert (
         ready.status_code == 200 and ready.json()["status"] == "ready" and ready.json()["model"] == MODEL_ID
     )
-    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    # /metrics needs the key when one is set (test_serve_hardening.py covers what else does).
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
 
 
 def check_output(task: str, body: dict, *, size=(48, 40)) -> None:
@@ -228,7 +229,7 @@ def test_the_key_works_as_x_api_key(server):
 def test_metrics_count_requests_tokens_and_errors(api, server):
     api.post("/v1/tasks/caption", json={"image": PNG_B64, "max_new_tokens": 3})
     api.post("/v1/tasks/caption", content=b"{", headers={"content-type": "application/json"})
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     assert metric(text, "biomedgpt_requests_total", route="/v1/tasks/{task}", status="200") >= 1
     assert metric(text, "biomedgpt_requests_total", route="/v1/tasks/{task}", status="400") >= 1
     assert metric(text, "biomedgpt_request_errors_total", code="invalid_json") >= 1
@@ -239,11 +240,11 @@ def test_metrics_count_requests_tokens_and_errors(api, server):
     assert "biomedgpt_queue_size" in text and metric(text, "biomedgpt_model_ready") == 1
     # Unknown paths share one label: scanners cannot grow the label set.
     httpx.get(f"{server.url}/random/{time.time()}")
-    assert 'route="other"' in httpx.get(f"{server.url}/metrics").text
+    assert 'route="other"' in httpx.get(f"{server.url}/metrics", headers=AUTH).text
 
 
 def test_concurrent_requests_are_batched(api, server):
-    before = httpx.get(f"{server.url}/metrics").text
+    before = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     start = threading.Barrier(16)
 
     def one(i: int) -> int:
@@ -253,7 +254,7 @@ def test_concurrent_requests_are_batched(api, server):
 
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(one, range(16)))
-    after = httpx.get(f"{server.url}/metrics").text
+    after = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     assert statuses == [200] * 16
 
     def multi(text: str) -> float:  # batches of more than one request

@@ -1,5 +1,6 @@
 """The API against the hostile probe of issue 16: malformed images, disconnects, odd methods, stalled and surplus
-connections, 16-bit images, and error messages a person can act on. A real uvicorn server on 127.0.0.1.
+connections, 16-bit images, error messages a person can act on, the OpenAI sampling parameters and `stop`, and
+which routes need the key (/docs off by default). A real uvicorn server on 127.0.0.1.
 
 Two servers: the suite's usual one (`running_api`), and a "tight" one with one-second deadlines, four connections
 and a pixel limit above Pillow's own, for the tests that need those.
@@ -25,6 +26,7 @@ from tests._upload_samples import ACCEPTED_CONTENT_TYPES, accepted_samples, enco
 from tests.integration._serve_api import (
     API_KEY,
     AUTH,
+    MODEL_ID,
     assert_json_error,
     bomb_png,
     chat_kwargs,
@@ -62,7 +64,7 @@ def tight(served_model_dir):
 
 
 def metric_lines(server, name: str) -> list[str]:
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
@@ -319,6 +321,120 @@ def test_a_multipart_body_cut_before_its_boundary_says_so(api):
     )
     error = assert_json_error(response, 400)
     assert "truncated" in error["message"]
+
+
+# ----------------------------------------------------------------------------- OpenAI parameters
+
+
+def chat(api, text: str = "describe the findings", **extra) -> httpx.Response:
+    return api.post(
+        "/v1/chat/completions",
+        **chat_kwargs([{"type": "text", "text": text}, image_part()], max_tokens=12, **extra),
+    )
+
+
+def test_sampling_parameters_in_range_are_accepted_and_change_nothing(api):
+    plain = chat(api)
+    assert plain.status_code == 200, plain.text
+    sampled = chat(api, temperature=0.7, top_p=0.9, presence_penalty=0.5, frequency_penalty=-1.5, seed=7)
+    assert sampled.status_code == 200, sampled.text
+    assert sampled.json()["choices"] == plain.json()["choices"]  # deterministic decoding: ignored
+    edges = chat(api, temperature=2, top_p=0, presence_penalty=-2, frequency_penalty=2)
+    assert edges.status_code == 200, edges.text
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "range_text"),
+    [
+        ("temperature", -5, "between 0 and 2"),
+        ("temperature", 2.5, "between 0 and 2"),
+        ("top_p", 1.5, "between 0 and 1"),
+        ("top_p", -0.1, "between 0 and 1"),
+        ("presence_penalty", 3, "between -2 and 2"),
+        ("frequency_penalty", -2.5, "between -2 and 2"),
+    ],
+)
+def test_sampling_parameters_out_of_range_are_refused_by_name(api, param, value, range_text):
+    error = assert_json_error(chat(api, **{param: value}), 422)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert (
+        error["message"].startswith(f"{param}: must be {range_text}") and f"got {value:g}" in error["message"]
+    )
+
+
+def test_stop_cuts_the_answer_before_the_first_stop_string(api):
+    whole = chat(api).json()["choices"][0]
+    text = whole["message"]["content"]
+    assert len(text) >= 4, text  # the tiny model says something to cut
+    first, later = text[1:3], text[-2:]
+    expected = text[: text.find(first)]
+    for stop in (first, [later, "never in the answer", first]):
+        choice = chat(api, stop=stop).json()["choices"][0]
+        assert choice["message"]["content"] == expected and choice["finish_reason"] == "stop", (stop, choice)
+    untouched = chat(api, stop=["never in the answer"]).json()["choices"][0]
+    assert untouched == whole
+
+
+def test_stop_and_penalties_through_the_openai_client(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "describe the findings"}, image_part()]}
+    ]
+    whole = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=12)
+    text = whole.choices[0].message.content or ""
+    assert len(text) >= 4, text
+    cut = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=messages,
+        max_tokens=12,
+        stop=[text[2:4]],
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        temperature=0.2,
+    )
+    assert cut.choices[0].message.content == text[: text.find(text[2:4])]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stop", [[], [""], "", ["a", "b", "c", "d", "e"], 5, ["a", None]])
+def test_an_invalid_stop_is_refused_by_name(api, stop):
+    error = assert_json_error(chat(api, stop=stop), 422)
+    assert error["param"] == "stop" and "1 to 4 non-empty strings" in error["message"]
+
+
+# ----------------------------------------------------------------------------- what needs the key
+
+
+def test_docs_are_off_and_metrics_and_schema_need_the_key_by_default(server):
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert_json_error(httpx.get(f"{server.url}{path}"), 404)
+    for path in ("/health", "/ready"):
+        assert httpx.get(f"{server.url}{path}").status_code == 200, path
+    for path in ("/metrics", "/openapi.json"):
+        error = assert_json_error(httpx.get(f"{server.url}{path}"), 401)
+        assert "missing API key" in error["message"], path
+        assert_json_error(httpx.get(f"{server.url}{path}", headers={"x-api-key": "wrong"}), 401)
+        assert httpx.get(f"{server.url}{path}", headers=AUTH).status_code == 200, path
+    assert "biomedgpt_requests_total" in httpx.get(f"{server.url}/metrics", headers=AUTH).text
+
+
+def test_enable_docs_and_metrics_public_open_those_routes_only(served_model_dir):
+    with running_api(served_model_dir, enable_docs=True, metrics_public=True) as running:
+        docs = httpx.get(f"{running.url}/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower() and "/openapi.json" in docs.text
+        assert httpx.get(f"{running.url}/redoc").status_code == 200
+        assert httpx.get(f"{running.url}/openapi.json").json()["info"]["title"] == "BiomedGPT API"
+        assert "biomedgpt_requests_total" in httpx.get(f"{running.url}/metrics").text
+        assert_json_error(httpx.get(f"{running.url}/v1/models"), 401)  # the API itself still needs the key
+
+
+def test_without_a_key_metrics_and_schema_are_open_and_docs_still_off(served_model_dir):
+    with running_api(served_model_dir, api_key=None) as running:
+        assert httpx.get(f"{running.url}/metrics").status_code == 200
+        assert httpx.get(f"{running.url}/openapi.json").status_code == 200
+        assert_json_error(httpx.get(f"{running.url}/docs"), 404)
 
 
 # ----------------------------------------------------------------------------- deadlines and the connection cap

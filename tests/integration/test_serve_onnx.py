@@ -119,7 +119,7 @@ def test_segmentation_mask_comes_back_as_png_at_the_input_size(onnx_server):
 def test_metrics_count_generated_tokens(onnx_server):
     import re
 
-    text = httpx.get(f"{onnx_server}/metrics").text
+    text = httpx.get(f"{onnx_server}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     counts = re.findall(r'^biomedgpt_generated_tokens_total\{task="(\w+)"\} ([0-9.]+)$', text, re.M)
     assert counts and all(float(n) >= 1 for _, n in counts)
     assert re.search(r"^biomedgpt_model_ready 1\.0$", text, re.M)

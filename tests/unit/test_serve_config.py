@@ -18,6 +18,14 @@ def test_defaults_are_safe():
     image = cfg.image_limits()
     assert (image.max_pixels, image.max_decode_bytes) == (40_000_000, 512 * 1024 * 1024)
     assert cfg.max_connections == 64 and cfg.header_timeout_s == 10.0 and cfg.body_timeout_s == 30.0
+    # /docs (CDN scripts) off, and /metrics and /openapi.json behind the key when one is set.
+    assert not cfg.enable_docs and not cfg.metrics_public
+
+
+def test_docs_and_metrics_flags_from_the_environment():
+    env = {"BIOMEDGPT_SERVE_ENABLE_DOCS": "true", "BIOMEDGPT_SERVE_METRICS_PUBLIC": "true"}
+    cfg = load_serve_config(environ=env)
+    assert cfg.enable_docs and cfg.metrics_public
 
 
 @pytest.mark.parametrize(
