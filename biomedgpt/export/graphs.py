@@ -1,15 +1,19 @@
-"""The two graphs we export to ONNX: the encoder, and one decoder step over a flat KV cache.
+"""The two graphs we export to ONNX: the encoder, and one decoder step over a KV cache whose rows may differ
+in length (so requests can join and leave a running batch at any step).
 
-Layout (DESIGN.md section 6; names follow HF optimum; shapes (batch, heads, seq, head_dim)):
+Layout (names follow HF optimum; shapes (batch, heads, seq, head_dim)):
 
     encoder:  input_ids (B, T) int64, attention_mask (B, T) int64, patch_images (B, 3, H, W) float32
           ->  encoder_attention_bias (B, S)   0 for tokens, -inf for padding (S = H/16 * W/16 + T)
               cross_position_keys (1, Hd, S, hd)   OFA's cross-attention position keys (same for every sample)
               present.{i}.encoder.key / .value (B, Hd, S, hd)   every decoder layer's cross-attention keys/values
-    decoder:  input_ids (B, Tq) int64, encoder_attention_bias, cross_position_keys,
+    decoder:  input_ids (B, 1) int64, cache_lengths (B,) int64, encoder_attention_bias, cross_position_keys,
               past_key_values.{i}.decoder.key / .value (B, Hd, P, hd)   (P = 0 at the first step)
               past_key_values.{i}.encoder.key / .value (B, Hd, S, hd)
-          ->  logits (B, V) of the last position, present.{i}.decoder.key / .value (B, Hd, P + Tq, hd)
+          ->  logits (B, V), new.{i}.decoder.key / .value (B, Hd, 1, hd)
+
+Row b's cache holds `cache_lengths[b]` valid positions (the rest of its P columns are masked), and its new
+token sits at position `cache_lengths[b]`: the caller writes the returned keys and values there.
 
 Both wrap the PyTorch modules themselves: the encoder graph is `BiomedGPTEncoder.forward` plus the decoder's
 cross-attention projections; the decoder graph runs each `BiomedGPTDecoderLayer` unchanged through a cache
@@ -37,8 +41,8 @@ def past_names(num_layers: int, prefix: str = "past_key_values") -> list[str]:
     ]
 
 
-def present_names(num_layers: int, part: str) -> list[str]:
-    return [f"present.{i}.{part}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+def present_names(num_layers: int, part: str, prefix: str = "present") -> list[str]:
+    return [f"{prefix}.{i}.{part}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 class EncoderGraph(nn.Module):
@@ -74,14 +78,14 @@ class _StepCache:
 
     def __init__(self, past: list[torch.Tensor]) -> None:
         self.past = past  # per layer: decoder key, decoder value, encoder key, encoder value
-        self.present: list[torch.Tensor] = []
+        self.new: list[torch.Tensor] = []
 
     def update_self(
         self, layer: int, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        key = torch.cat([self.past[4 * layer], key], dim=2)  # (B, H, P + Tq, hd)
+        self.new += [key, value]  # (B, H, 1, hd)
+        key = torch.cat([self.past[4 * layer], key], dim=2)  # (B, H, P + 1, hd)
         value = torch.cat([self.past[4 * layer + 1], value], dim=2)
-        self.present += [key, value]
         return key, value
 
     def cross(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,31 +120,35 @@ class DecoderStepGraph(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # (B, Tq)
+        input_ids: torch.Tensor,  # (B, 1)
+        cache_lengths: torch.Tensor,  # (B,) valid cache positions per row = the new token's position
         encoder_attention_bias: torch.Tensor,  # (B, S)
         cross_position_keys: torch.Tensor,  # (1, H, S, hd)
         *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         dec = self.decoder
-        query_len = input_ids.shape[1]
-        start = past[0].shape[2]
-        total = start + query_len
-        x = dec.layernorm_embedding(dec.embed_tokens(input_ids) * dec.embed_scale)  # (B, Tq, D)
-        self_abs = self.self_q[:, start:total] @ self.self_k[:, :total].transpose(-1, -2)  # (H, Tq, Tk)
-        cross_abs = self.cross_q[None, :, start:total] @ cross_position_keys.transpose(
-            -1, -2
-        )  # (1, H, Tq, S)
-        cross_bias = cross_abs + encoder_attention_bias[:, None, None, :]  # (B, H, Tq, S)
-        query_pos = torch.arange(query_len)[:, None] + start
-        causal = torch.zeros(query_len, total).masked_fill(
-            torch.arange(total)[None, :] > query_pos, float("-inf")
+        batch, width = input_ids.shape[0], past[0].shape[2]
+        x = dec.layernorm_embedding(dec.embed_tokens(input_ids) * dec.embed_scale)  # (B, 1, D)
+        # Key positions: the cache's columns 0..P-1, then the new token at its row's own position.
+        columns = torch.arange(width, device=input_ids.device)[None, :].expand(batch, width)
+        key_pos = torch.cat([columns, cache_lengths[:, None]], dim=1)  # (B, P + 1)
+        query = self.self_q[:, cache_lengths].permute(1, 0, 2)[:, :, None]  # (B, H, 1, hd)
+        keys = self.self_k[:, key_pos].permute(1, 0, 2, 3)  # (B, H, P + 1, hd)
+        self_abs = query @ keys.transpose(-1, -2)  # (B, H, 1, P + 1)
+        padding = torch.cat(
+            [columns >= cache_lengths[:, None], torch.zeros_like(cache_lengths[:, None], dtype=torch.bool)], 1
         )
-        buckets = self.buckets[start:total, :total]  # (Tq, Tk)
+        self_mask = torch.zeros(padding.shape, dtype=x.dtype).masked_fill(padding, float("-inf"))[
+            :, None, None
+        ]
+        buckets = self.buckets[cache_lengths[:, None], key_pos]  # (B, P + 1)
+        cross_query = self.cross_q[:, cache_lengths].permute(1, 0, 2)[:, :, None]  # (B, H, 1, hd)
+        cross_abs = cross_query @ cross_position_keys.transpose(-1, -2)  # (B, H, 1, S)
+        cross_bias = cross_abs + encoder_attention_bias[:, None, None, :]  # (B, H, 1, S)
         cache = _StepCache(list(past))
         for idx, layer in enumerate(dec.layers):
-            rel = dec.token_rel_pos_table_list[idx](buckets).permute(2, 0, 1)  # (H, Tq, Tk)
-            self_bias = (self_abs + rel + causal)[None]  # (1, H, Tq, Tk)
-            x = layer(x, None, self_bias, cross_bias, past_key_values=cache)
+            rel = dec.token_rel_pos_table_list[idx](buckets).permute(0, 2, 1)[:, :, None]  # (B, H, 1, P + 1)
+            x = layer(x, None, self_abs + rel + self_mask, cross_bias, past_key_values=cache)
         x = dec.layer_norm(x)
         logits = x[:, -1] @ self.output_weight.T  # (B, V)
-        return (logits, *cache.present)
+        return (logits, *cache.new)

@@ -123,7 +123,6 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     grid_h, grid_w = Dim("grid_h", min=2, max=128), Dim("grid_w", min=2, max=128)
     source = Dim("source_len", min=2, max=config.max_source_positions + 128 * 128)
     past = Dim("past_len", min=0, max=config.max_target_positions)
-    step = Dim("step_len", min=1, max=config.max_target_positions)
 
     input_ids = torch.full((2, 5), 4, dtype=torch.long)
     attention_mask = torch.ones_like(input_ids)
@@ -159,15 +158,17 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
                 cross[2 * i + 1],
             ]
         names = past_names(layers)
+        cache_lengths = torch.tensor([3, 1])  # rows of different lengths, as under continuous batching
         torch.onnx.export(
             decoder,
-            (input_ids[:, :1], bias, position_keys, *past_values),
+            (input_ids[:, :1], cache_lengths, bias, position_keys, *past_values),
             str(directory / "decoder.onnx"),
             dynamo=True,
-            input_names=["input_ids", "encoder_attention_bias", "cross_position_keys", *names],
-            output_names=["logits", *present_names(layers, "decoder")],
+            input_names=["input_ids", "cache_lengths", "encoder_attention_bias", "cross_position_keys", *names],
+            output_names=["logits", *present_names(layers, "decoder", prefix="new")],
             dynamic_shapes={
-                "input_ids": {0: batch, 1: step},
+                "input_ids": {0: batch},
+                "cache_lengths": {0: batch},
                 "encoder_attention_bias": {0: batch, 1: source},
                 "cross_position_keys": {2: source},
                 "past": tuple({0: batch, 2: past if ".decoder." in n else source} for n in names),

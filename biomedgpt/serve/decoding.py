@@ -15,7 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from biomedgpt.model.constraints import AnswerTrie, banned_ngram_tokens
+from biomedgpt.model.constraints import AnswerTrie
+from biomedgpt.serve.sequences import Constraints, Sequence, log_softmax, new_sequence
 
 
 @dataclass(kw_only=True)
@@ -33,10 +34,25 @@ class DecodeSpec:
     decoder_prefixes: list[list[int]] | None = None
     """Per sample, tokens forced after the start token before generation begins: conditioning only (not
     scored, not returned, unseen by the constraints; `max_new_tokens` counts the tokens after them)."""
+    do_sample: bool = False
+    """Sample (temperature, top_k, top_p) instead of taking the most likely token; beam search never samples."""
+    temperature: float = 1.0
+    top_k: int = 0
+    """Sample among the k most likely tokens (0 = all)."""
+    top_p: float = 1.0
+    """Sample among the most likely tokens whose probabilities sum to top_p (1 = all)."""
+    seed: int | None = None
+    """The same seed gives the same tokens (sample b of a batch uses seed + b)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"min_new_tokens must be in 0..max_new_tokens, got {self.min_new_tokens}")
         if self.num_beams < 1:
@@ -61,196 +77,45 @@ class StepDecoder(Protocol):
         """Keep cache rows `rows` (beam search)."""
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float32, copy=False)
-    top = logits.max(axis=-1, keepdims=True)
-    shifted = logits - top
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+__all__ = ["DecodeSpec", "SpecialIds", "StepDecoder", "decode", "log_softmax", "sequences_for"]
 
 
-class _Constraints:
-    """The additive (N, V) mask of one step, from the spec and each row's tokens so far."""
-
-    def __init__(self, spec: DecodeSpec, ids: SpecialIds, vocab_size: int) -> None:
-        self.spec = spec
-        if spec.allowed_tokens is not None:
-            allowed = np.asarray(spec.allowed_tokens, dtype=bool).copy()
-        else:
-            allowed = np.ones(vocab_size, dtype=bool)
-            allowed[[ids.pad, ids.bos, ids.decoder_start]] = False
-        allowed[ids.eos] = True
-        self.base = np.where(allowed, 0.0, -np.inf).astype(np.float32)  # (V,)
-        self.no_eos = self.base.copy()
-        self.no_eos[ids.eos] = -np.inf
-
-    def __call__(self, step: int | list[int], rows: list[list[int]]) -> np.ndarray:
-        """`step`: tokens generated so far, for all rows or per row."""
-        if isinstance(step, int):
-            base = self.no_eos if step < self.spec.min_new_tokens else self.base
-            mask = np.broadcast_to(base, (len(rows), base.shape[0]))
-        else:
-            mask = np.stack([self.no_eos if s < self.spec.min_new_tokens else self.base for s in step])
-        if self.spec.trie is None and self.spec.no_repeat_ngram_size <= 0:
-            return mask
-        mask = mask.copy()
-        for i, tokens in enumerate(rows):
-            if self.spec.trie is not None:
-                keep = self.spec.trie.allowed(tokens)
-                row = np.full_like(mask[i], -np.inf)
-                row[keep] = mask[i, keep]
-                mask[i] = row
-            for token in banned_ngram_tokens(tokens, self.spec.no_repeat_ngram_size):
-                mask[i, token] = -np.inf
-        return mask
+def sequences_for(spec: DecodeSpec, ids: SpecialIds, vocab_size: int, batch: int) -> list[Sequence]:
+    """One `Sequence` per sample of a batch decoded with `spec` (its prefixes and seeds per sample)."""
+    if spec.decoder_prefixes is not None and len(spec.decoder_prefixes) != batch:
+        raise ValueError(f"decoder_prefixes has {len(spec.decoder_prefixes)} rows for a batch of {batch}")
+    constraints = Constraints(spec, ids, vocab_size)
+    prefixes = spec.decoder_prefixes or [None] * batch
+    seeds = [None if spec.seed is None else spec.seed + b for b in range(batch)]
+    return [
+        new_sequence(spec, ids, constraints=constraints, prefix=prefix, seed=seed)
+        for prefix, seed in zip(prefixes, seeds)
+    ]
 
 
 def decode(decoder: StepDecoder, *, batch: int, spec: DecodeSpec, ids: SpecialIds, vocab_size: int):
     """-> (sequences (B, L) int64 padded with pad, scores (B,) float32). The decoder holds `batch` rows for
-    greedy and `batch * num_beams` rows (each sample repeated num_beams times) for beam search."""
-    if spec.decoder_prefixes is not None and len(spec.decoder_prefixes) != batch:
-        raise ValueError(f"decoder_prefixes has {len(spec.decoder_prefixes)} rows for a batch of {batch}")
-    if spec.num_beams == 1:
-        return _greedy(decoder, batch, spec, ids, vocab_size)
-    return _beam_search(decoder, batch, spec, ids, vocab_size)
-
-
-class _Prefixes:
-    """Forced decoder prefixes: which rows are still reading theirs at a step, and the token each must take."""
-
-    def __init__(self, prefixes: list[list[int]] | None, batch: int) -> None:
-        self.prefixes = prefixes or [[] for _ in range(batch)]
-        self.lengths = [len(p) for p in self.prefixes]
-        self.longest = max(self.lengths, default=0)
-
-    def force(self, step: int, logprobs: np.ndarray, rows_per_sample: int = 1) -> np.ndarray:
-        """Rows still in their prefix at `step` may take only the prefix token, at no cost."""
-        if step >= self.longest:
-            return logprobs
-        logprobs = logprobs.copy()
-        for b, prefix in enumerate(self.prefixes):
-            if step < len(prefix):
-                block = slice(b * rows_per_sample, (b + 1) * rows_per_sample)
-                logprobs[block] = -np.inf
-                logprobs[block, prefix[step]] = 0.0
-        return logprobs
-
-
-def _greedy(decoder: StepDecoder, batch: int, spec: DecodeSpec, ids: SpecialIds, vocab: int):
-    constraints = _Constraints(spec, ids, vocab)
-    prefixes = _Prefixes(spec.decoder_prefixes, batch)
-    start = np.asarray(prefixes.lengths)  # the step at which each row begins to generate
-    tokens = np.full((batch, 1), ids.decoder_start, dtype=np.int64)
-    out = np.full((batch, spec.max_new_tokens), ids.pad, dtype=np.int64)
-    scores = np.zeros(batch, dtype=np.float32)
-    done = np.zeros(batch, dtype=bool)
-    written = np.zeros(batch, dtype=np.int64)
-    rows: list[list[int]] = [[] for _ in range(batch)]
-    track = spec.trie is not None or spec.no_repeat_ngram_size > 0
-    for step in range(prefixes.longest + spec.max_new_tokens):
-        generated = step - start  # (B,) tokens generated so far; negative while reading the prefix
-        free = generated >= 0
-        mask = constraints(step if not prefixes.longest else [max(0, int(g)) for g in generated], rows)
-        logprobs = prefixes.force(step, log_softmax(decoder.step(tokens)) + mask)  # (B, V)
-        next_tokens = logprobs.argmax(axis=-1)
-        best = logprobs[np.arange(batch), next_tokens]
-        writing = free & ~done
-        next_tokens = np.where(done, ids.pad, next_tokens)
-        scores += np.where(writing, best, 0.0).astype(np.float32)
-        out[writing, generated[writing]] = next_tokens[writing]
-        written += writing
-        done |= writing & ((next_tokens == ids.eos) | (generated + 1 >= spec.max_new_tokens))
-        if track:
-            for i in np.flatnonzero(writing).tolist():
-                rows[i].append(int(next_tokens[i]))
-        if done.all():
+    greedy and sampling, and `batch * num_beams` rows (each sample repeated num_beams times) for beam search."""
+    sequences = sequences_for(spec, ids, vocab_size, batch)
+    width = sequences[0].rows
+    while True:
+        logits = decoder.step(np.concatenate([s.inputs for s in sequences])[:, None])
+        order, moved = np.arange(batch * width), False
+        for b, sequence in enumerate(sequences):
+            if sequence.done:
+                continue
+            parents = sequence.advance(logits[b * width : (b + 1) * width])
+            if parents is not None:
+                order[b * width : (b + 1) * width] = b * width + parents
+                moved = True
+            if sequence.done:
+                sequence.inputs = np.full(width, ids.pad, dtype=np.int64)
+        if all(s.done for s in sequences):
             break
-        tokens = next_tokens[:, None].astype(np.int64)
-    return out[:, : max(1, int(written.max()))], scores
-
-
-def _beam_search(decoder: StepDecoder, batch: int, spec: DecodeSpec, ids: SpecialIds, vocab: int):
-    beams = spec.num_beams
-    rows_n = batch * beams
-    constraints = _Constraints(spec, ids, vocab)
-    prefixes = _Prefixes(spec.decoder_prefixes, batch)
-    start = prefixes.lengths  # per sample: the step at which its beams begin to generate
-    beam_scores = np.zeros((batch, beams), dtype=np.float32)
-    beam_scores[:, 1:] = -np.inf  # all beams start identical: expand only the first one at step 0
-    beam_scores = beam_scores.reshape(-1)
-    tokens = np.full((rows_n, 1), ids.decoder_start, dtype=np.int64)
-    history: list[list[int]] = [[] for _ in range(rows_n)]  # generated tokens (prefixes excluded)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-    done = [False] * batch
-
-    def keep_live_beams(b: int) -> None:
-        """A sample out of steps: its live beams count as hypotheses."""
-        if len(finished[b]) < beams:
-            for row in range(b * beams, (b + 1) * beams):
-                score = float(beam_scores[row])
-                if score != -np.inf:
-                    finished[b].append(
-                        (score / max(1, len(history[row])) ** spec.length_penalty, history[row])
-                    )
-            finished[b].sort(key=lambda h: -h[0])
-
-    for step in range(prefixes.longest + spec.max_new_tokens):
-        generated = [max(0, step - start[r // beams]) for r in range(rows_n)] if prefixes.longest else step
-        logprobs = log_softmax(decoder.step(tokens)) + constraints(generated, history)  # (N, V)
-        logprobs = prefixes.force(step, logprobs, rows_per_sample=beams)
-        candidates = (logprobs + beam_scores[:, None]).reshape(batch, beams * vocab)
-        top_ids = np.argsort(-candidates, axis=-1, kind="stable")[:, : 2 * beams]  # (B, 2K)
-        top_scores = np.take_along_axis(candidates, top_ids, axis=-1)
-        next_rows, next_tokens, next_scores = [], [], []
-        for b in range(batch):
-            length = step + 1 - start[b]  # tokens generated once this step's token is added
-            kept = 0
-            for rank, (score, flat) in enumerate(zip(top_scores[b].tolist(), top_ids[b].tolist())):
-                parent, token = b * beams + flat // vocab, flat % vocab
-                if done[b] or score == -np.inf:
-                    break
-                if token == ids.eos and length > 0:
-                    if rank < beams:  # an eos outside the top K beams is not a better hypothesis
-                        finished[b].append((score / length**spec.length_penalty, [*history[parent], token]))
-                    continue
-                next_rows.append(parent)
-                next_tokens.append(token)
-                next_scores.append(score)
-                kept += 1
-                if kept == beams:
-                    break
-            while kept < beams:  # sample finished or out of candidates: pad with dead beams
-                next_rows.append(b * beams)
-                next_tokens.append(ids.pad)
-                next_scores.append(-np.inf)
-                kept += 1
-            finished[b].sort(key=lambda h: -h[0])
-            del finished[b][beams:]
-            if not done[b] and len(finished[b]) == beams:
-                best_alive = max(next_scores[-beams:])
-                # transformers' default (early_stopping=False): stop when no live beam can beat the worst kept one
-                done[b] = best_alive / length**spec.length_penalty <= finished[b][-1][0]
-        if all(done):
-            break
-        decoder.reorder(np.asarray(next_rows, dtype=np.int64))
-        beam_scores = np.asarray(next_scores, dtype=np.float32)
-        tokens = np.asarray(next_tokens, dtype=np.int64)[:, None]
-        history = [
-            [*history[r], t] if step >= start[i // beams] else history[r]
-            for i, (r, t) in enumerate(zip(next_rows, next_tokens))
-        ]
-        for b in range(batch):
-            if not done[b] and step + 1 - start[b] >= spec.max_new_tokens:
-                keep_live_beams(b)
-                done[b] = True
-        if all(done):
-            break
-
-    for b in range(batch):
-        if not done[b]:
-            keep_live_beams(b)
-    best = [finished[b][0] if finished[b] else (-np.inf, []) for b in range(batch)]
-    width = max(1, max(len(h[1]) for h in best))
-    out = np.full((batch, width), ids.pad, dtype=np.int64)
-    for b, (_, seq) in enumerate(best):
-        out[b, : len(seq)] = seq
-    return out, np.asarray([h[0] for h in best], dtype=np.float32)
+        if moved:
+            decoder.reorder(order)
+    results = [s.result() for s in sequences]
+    out = np.full((batch, max(1, max(len(tokens) for tokens, _ in results))), ids.pad, dtype=np.int64)
+    for b, (tokens, _) in enumerate(results):
+        out[b, : len(tokens)] = tokens
+    return out, np.asarray([score for _, score in results], dtype=np.float32)

@@ -86,7 +86,8 @@ class OrtEngine(Engine):
 
 
 class OrtDecoderStep:
-    """One decoder session call per step; keeps the self-attention cache as the graph's flat present tensors."""
+    """One decoder session call per step over a fixed batch whose rows grow together: each step's new keys and
+    values are appended to the self-attention cache (the server's `scheduler` keeps slots of its own instead)."""
 
     def __init__(
         self, engine: OrtEngine, bias: np.ndarray, position_keys: np.ndarray, cross: list[np.ndarray]
@@ -108,8 +109,12 @@ class OrtDecoderStep:
             self.feeds[f"past_key_values.{i}.encoder.value"] = cross[2 * i + 1]
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        logits, *present = self.session.run(None, {**self.feeds, "input_ids": tokens.astype(np.int64)})
-        self.feeds.update(zip(self.self_names, present))
+        length = self.feeds[self.self_names[0]].shape[2]
+        lengths = np.full(tokens.shape[0], length, dtype=np.int64)
+        feeds = {**self.feeds, "input_ids": tokens.astype(np.int64), "cache_lengths": lengths}
+        logits, *new = self.session.run(None, feeds)
+        for name, value in zip(self.self_names, new):
+            self.feeds[name] = np.concatenate([self.feeds[name], value], axis=2)
         return logits
 
     def reorder(self, rows: np.ndarray) -> None:
