@@ -164,7 +164,13 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
             (input_ids[:, :1], cache_lengths, bias, position_keys, *past_values),
             str(directory / "decoder.onnx"),
             dynamo=True,
-            input_names=["input_ids", "cache_lengths", "encoder_attention_bias", "cross_position_keys", *names],
+            input_names=[
+                "input_ids",
+                "cache_lengths",
+                "encoder_attention_bias",
+                "cross_position_keys",
+                *names,
+            ],
             output_names=["logits", *present_names(layers, "decoder", prefix="new")],
             dynamic_shapes={
                 "input_ids": {0: batch},

@@ -39,7 +39,12 @@ def test_export_folder_describes_itself(exported):
         onnx.checker.check_model(str(out / f"{graph}.onnx"), full_check=True)
     layers = manifest["config"]["decoder_layers"]
     decoder_inputs = [i["name"] for i in manifest["graphs"]["decoder"]["inputs"]]
-    assert decoder_inputs[:4] == ["input_ids", "cache_lengths", "encoder_attention_bias", "cross_position_keys"]
+    assert decoder_inputs[:4] == [
+        "input_ids",
+        "cache_lengths",
+        "encoder_attention_bias",
+        "cross_position_keys",
+    ]
     decoder_outputs = [o["name"] for o in manifest["graphs"]["decoder"]["outputs"]]
     assert decoder_outputs[:3] == ["logits", "new.0.decoder.key", "new.0.decoder.value"]
     assert f"past_key_values.{layers - 1}.encoder.value" in decoder_inputs
