@@ -12,7 +12,7 @@ bootstrap:
 demo: bootstrap
 	@bash scripts/demo.sh $(if $(CI),--ci,)
 
-## The whole test suite (unit + integration; GPU tests skip without CUDA), after a lint check.
+## The whole test suite (unit + integration, all on the CPU; there are no GPU tests), after a lint check.
 test: bootstrap
 	$(BIN)/ruff check biomedgpt tests benchmarks
 	$(BIN)/python -m pytest -q

@@ -29,7 +29,7 @@ import sys
 import tarfile
 import urllib.request
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -349,8 +349,3 @@ def provenance(name: str) -> dict[str, object]:
     """The provenance record written by ``fetch`` (fetching first if needed)."""
     fetch(name)
     return json.loads((cache_dir() / name / "provenance.json").read_text())
-
-
-def sources_table() -> list[dict[str, object]]:
-    """The table as plain dicts (for data cards and manifests)."""
-    return [asdict(s) for s in SOURCES.values()]

@@ -120,7 +120,8 @@ class Task(abc.ABC):
     uses_mask: ClassVar[bool] = False
     """Whether targets read `Sample.mask` (the pipeline skips decoding masks otherwise)."""
     metrics: ClassVar[tuple[str, ...]] = ()
-    """Names of the metrics this task is scored with (computed in biomedgpt.eval)."""
+    """The main scores `biomedgpt eval` reports for this task: keys of its entry in report.json, per prompt mode
+    (`biomedgpt.eval.runner.score`); empty when eval reports none."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -29,7 +29,7 @@ class CaptionTask(Task):
         " what does this scan depict?",
         " in one sentence, describe this image.",
     )
-    metrics = ("bleu4", "rouge_l", "cider")
+    metrics = ("bleu_4", "rouge_l", "cider")
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

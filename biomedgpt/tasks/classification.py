@@ -1,7 +1,7 @@
 """Image classification: BiomedGPT's prompt ` what does the image describe?` -> the class name.
 
 Decoded closed-set with a trie over the class names of the TRAIN split (OFA's ImageNet recipe), so
-the output is always a known class. Scored with accuracy.
+the output is always a known class. Scored with accuracy and macro-F1.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ClassificationTask(Task):
         " what is the correct category for this scan?",
     )
     closed_set = True
-    metrics = ("accuracy",)
+    metrics = ("accuracy", "macro_f1")
 
     def answer_text(self, sample: Sample) -> str | None:
         return clean_text(sample.fields["label"])

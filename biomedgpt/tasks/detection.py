@@ -39,7 +39,7 @@ class DetectionTask(Task):
         " enumerate the objects in this image with their boxes.",
     )
     constraint = "bins"
-    metrics = ("map_50",)
+    metrics = ("map@0.5",)
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

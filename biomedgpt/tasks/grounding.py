@@ -56,7 +56,7 @@ class GroundingTask(Task):
         ' show me where " {text} " is.',
     )
     constraint = "bins"
-    metrics = ("iou", "acc_at_0.5")
+    metrics = ("iou", "acc@0.5")
 
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"text": clean_text(sample.fields["boxes"][0]["label"])}

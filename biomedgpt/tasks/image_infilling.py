@@ -4,12 +4,15 @@ As in OFA's `process_pure_image`: the central half of the normalized input image
 S/4 .. 3S/4 of the S x S input) is set to 0, and the target is the image-VQ codes of that middle
 part (OFA precomputes them for a 128 px middle of a 256 px image). Here the middle of the ORIGINAL
 image (its central half in each axis) is resized to S/2 x S/2, i.e. the size the masked region has
-in the model's input, and encoded with `biomedgpt.tokenization.image_vq.ImageTokenizer`:
+in the model's input, and encoded with the image VQ tokenizer, `biomedgpt.tokenization.image_vq.ImageTokenizer`
+(its committed weights: `tokenizers/image-vq-v1`):
 
     ImageTokenizer.load_default() -> tokenizer;  encode(images: uint8 (B, H, W, 3)) -> int (B, h*w)
 
-imported lazily; until that module exists the task raises `TaskUnavailableError` when used.
-Codes are decoded with the "codes" constraint. Scored with reconstruction MSE and code accuracy.
+The module imports torch, so it is imported on first use; when its weights cannot be found, the task raises
+`TaskUnavailableError` (the pipeline counts such samples as "unavailable" and skips them).
+Codes are decoded with the "codes" constraint. `biomedgpt eval` reports no metric for this task yet
+(`metrics` is empty).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ _LOADED: list[Any] = []
 
 
 def image_tokenizer() -> Any:
-    """The default image VQ tokenizer, loaded once per process; `TaskUnavailableError` while the module
-    or its weights are missing (not cached, so weights that appear later are picked up)."""
+    """The default image VQ tokenizer, loaded once per process; `TaskUnavailableError` when its weights
+    cannot be found (not cached, so weights that appear later are picked up)."""
     if not _LOADED:
         module = require_module(
             VQ_MODULE, task="image_infilling", what="ImageTokenizer for the <code> targets"
@@ -84,7 +87,6 @@ class ImageInfillingTask(Task):
         " generate the missing central patch.",
     )
     constraint = "codes"
-    metrics = ("code_accuracy", "mse")
 
     def check_available(self) -> None:
         image_tokenizer()

@@ -31,7 +31,7 @@ class ReportTask(Task):
         " what would the radiologist write about this scan?",
         " produce the full report for this study.",
     )
-    metrics = ("bleu4", "rouge_l", "cider", "findings_f1")
+    metrics = ("bleu_4", "rouge_l", "cider", "findings_micro_f1", "findings_macro_f1")
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

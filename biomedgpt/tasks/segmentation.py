@@ -4,8 +4,8 @@ BiomedGPT has no segmentation task, so the prompt is ours: ` segment the {struct
 OFA's other instructions (leading space, lower case, one sentence), with the structure name from the
 sample's `target` field ("lesion", "left lung", ...).
 
-How a mask becomes tokens is the job of `biomedgpt.tasks.segmentation_codec` (DESIGN.md 3.4 picks
-the representation), a separate module imported lazily through this interface:
+How a mask becomes tokens is the job of `biomedgpt.tasks.segmentation_codec` (polygons of `<bin>`
+tokens; docs/segmentation.md says why), a separate module imported lazily through this interface:
 
     encode_mask(mask: np.ndarray, *, image_size: int, layout: VocabLayout) -> list[int]
         (H, W) bool/0-1 mask at the ORIGINAL image size -> token ids (bins and/or codes), WITHOUT `</s>`;
@@ -15,7 +15,7 @@ the representation), a separate module imported lazily through this interface:
         token ids (no `<s>`/`</s>`/pads) -> (H, W) bool mask of `out_shape` = (height, width).
     CONSTRAINT: str   optional, "bins" (polygons, box + codes) or "codes"; default "bins".
 
-Until that module exists the task raises `TaskUnavailableError` when used (never at import).
+If the codec cannot be imported, the task raises `TaskUnavailableError` when used (never at import).
 Scored with Dice and IoU.
 """
 

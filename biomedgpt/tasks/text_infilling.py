@@ -5,7 +5,7 @@ lambda 3, replace_length 1): spans of whole words, their lengths drawn from Pois
 until 30% of the words (rounded up) are covered, and each span becomes ONE `<mask>` token. OFA does
 this on BPE word starts; here it is done on whitespace words, which is the same for BPE text that
 marks word starts with a leading space. The masking rng comes from the pipeline (seeded per sample),
-so evaluation prompts are reproducible. Scored with token accuracy.
+so evaluation prompts are reproducible. Scored with exact match and ROUGE-L.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class TextInfillingTask(Task):
         ' write out " {masked} " with the missing words filled in.',
     )
     needs_image = False
-    metrics = ("token_accuracy",)
+    metrics = ("exact_match", "rouge_l")
 
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"masked": mask_words(sample.fields["text"], rng or random.Random(sample.key))}

@@ -37,7 +37,7 @@ class VqaTask(Task):
         " given this medical image, {question}",
     )
     closed_set = True
-    metrics = ("accuracy", "accuracy_closed", "accuracy_open")
+    metrics = ("accuracy", "closed_accuracy", "open_accuracy")
 
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"question": normalize_question(sample.fields["question"])}

@@ -13,7 +13,6 @@ This module imports transformers; `biomedgpt.tokenization` itself stays light.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerFast
@@ -89,12 +88,3 @@ def register_auto_tokenizer(config_class: type) -> None:
     from transformers import AutoTokenizer
 
     AutoTokenizer.register(config_class, tokenizer_class=BiomedGPTTokenizer, exist_ok=True)
-
-
-def load_tokenizer(path: str | Path | None = None) -> BiomedGPTTokenizer:
-    """`BiomedGPTTokenizer` from `path`, or the default asset when `path` is None."""
-    if path is None:
-        return BiomedGPTTokenizer.load_default()
-    tokenizer = BiomedGPTTokenizer.from_pretrained(str(path))
-    _ = tokenizer.layout
-    return tokenizer

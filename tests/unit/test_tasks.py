@@ -300,3 +300,13 @@ def test_importing_tasks_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_task_metrics_are_keys_that_eval_reports():
+    from biomedgpt.eval.runner import reference_of, score
+
+    for name, task in TASKS.items():
+        reference, options = reference_of(first_sample(name))
+        reported = score(name, [reference], [reference], [options])
+        assert set(task.metrics) <= set(reported), (name, task.metrics, sorted(reported))
+        assert bool(task.metrics) == bool(reported), (name, sorted(reported))

@@ -11,7 +11,8 @@ lists: strings for text, [x0, y0, x1, y1] boxes, numpy masks. See each module fo
 - segmentation: Dice and IoU, per sample and averaged;
 - detection: box IoU, grounding accuracy at IoU 0.5, mAP@0.5 (VOC or COCO style).
 
-Image and text infilling are scored inside their tasks (reconstruction error, token accuracy), not here.
+Text infilling is scored by `biomedgpt.eval.runner.score` with exact match and ROUGE-L; image infilling has no
+metric yet. Each task's `metrics` names the main keys its scores carry (tested).
 """
 
 from __future__ import annotations
