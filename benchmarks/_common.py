@@ -3,7 +3,7 @@
 - `timed` / `per_step_ms`: median wall time after a warm-up, and ms per decoding step as
   (time for N tokens - time for 1 token) / (N - 1), which removes per-call set-up.
 - `bart_peer`: transformers' `BartForConditionalGeneration` with the dimensions of one of our configs (the
-  peer of DESIGN.md section 10).
+  peer of the README's Speed section).
 - `machine_info`: the CPU model, core counts and library versions, printed with every result.
 """
 

@@ -1,5 +1,5 @@
 """Serving speed: ONNX Runtime (fp32, int8) and PyTorch engines vs transformers' BART, and a load test of
-`biomedgpt serve`, in one run (DESIGN.md section 10; issue 5).
+`biomedgpt serve`, in one run (README, "Speed"; issue 5).
 
 Part 1, engines (one process, one thread count for everything: `--threads`, default 2, applied to torch and to
 every ONNX Runtime session). A `--arch` model with random weights is saved, exported with `biomedgpt export`'s

@@ -1,7 +1,7 @@
 """Typed configs: dataclass trees built from YAML files and dotted command-line overrides.
 
 Generic machinery only (stdlib + PyYAML); the run-config tree itself lives in
-`biomedgpt.run_config`, each section next to the package it configures (DESIGN section 9.2-9.3):
+`biomedgpt.run_config`, each section next to the package it configures (docs/ARCHITECTURE.md, Layers):
 
     cfg = load_config(RunConfig, ["configs/quickstart.yaml"], ["train.lr=3e-4"])
 
@@ -413,7 +413,7 @@ def describe_keys(cls: type, *, prefix: str = "") -> list[KeyDoc]:
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The string literal written under each field of a dataclass (DESIGN 9.2), by field name."""
+    """The string literal written under each field of a dataclass, by field name (`biomedgpt config --keys`)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):

@@ -1,6 +1,6 @@
 """The `data:` run-config section: which shards to stream, how tasks mix, batch shapes and workers.
 
-Plain dataclass, no torch or webdataset import; the streaming pipeline (DESIGN section 4) reads it.
+Plain dataclass, no torch or webdataset import; the streaming pipeline (`biomedgpt.data.pipeline`) reads it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Read one DICOM file into de-identified pixels and a small allow-list of attributes.
 
-Order of work in ``read_dicom`` (DESIGN.md section 4: nothing identifying leaves this module):
+Order of work in ``read_dicom`` (nothing identifying leaves this module):
 read the file (pydicom) -> refuse ``BurnedInAnnotation == YES`` unless allowed -> de-identify the
 whole dataset in place (``deid.deidentify``, PS3.15 Annex E basic profile) -> decode the pixels ->
 apply the Modality LUT (PS3.3 C.11.1: rescale slope/intercept, or the Modality LUT Sequence) ->

@@ -1,4 +1,4 @@
-"""The streaming pipeline (DESIGN.md section 4): webdataset shards -> task-formatted, collated batches.
+"""The streaming pipeline: webdataset shards -> task-formatted, collated batches.
 
 Per DataLoader worker and epoch, `StreamingDataset.__iter__` builds these webdataset stages:
 

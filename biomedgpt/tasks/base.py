@@ -1,4 +1,4 @@
-"""`Task`: what every task file defines (DESIGN.md sections 1 and 2), and the helpers they share.
+"""`Task`: what every task file defines, and the helpers they share (docs/ARCHITECTURE.md: how to add a task).
 
 A task turns a `Sample` (biomedgpt.data.schema) into "prompt in, tokens out":
 

@@ -1,9 +1,8 @@
 """Report generation: the image -> a findings/impression report.
 
-BiomedGPT reuses the caption prompt ` what does the image describe?` for report generation
-(DESIGN.md table), so that stays the canonical prompt; the training paraphrases are report-specific,
-which lets one multitask model tell a report request from a caption request. Scored with BLEU-4,
-ROUGE-L, CIDEr and findings F1.
+BiomedGPT reuses the caption prompt ` what does the image describe?` for report generation, so that
+stays the canonical prompt; the training paraphrases are report-specific, which lets one multitask
+model tell a report request from a caption request. Scored with BLEU-4, ROUGE-L, CIDEr and findings F1.
 """
 
 from __future__ import annotations

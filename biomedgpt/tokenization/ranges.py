@@ -1,7 +1,7 @@
 """Boolean masks over the unified vocabulary: which ids a decoding step may emit for a kind of output.
 
-Decoding constraints are the fix for a known trap in OFA ports (DESIGN.md 3.1): image-code tokens leaking
-into captions when generation is not restricted to text tokens. OFA itself does the same through its
+Decoding constraints are the fix for a known trap in OFA ports: image-code tokens leaking into
+captions when generation is not restricted to text tokens. OFA itself does the same through its
 `constraint_range` argument (`models/sequence_generator.py`), which sets logits outside a range to -inf.
 A mask here is True where a token is allowed; apply it as `logits[..., ~mask] = -inf`.
 

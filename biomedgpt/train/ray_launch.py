@@ -1,6 +1,6 @@
 """The Ray Train launcher: `launch.train_worker` on `TorchTrainer` workers (Ray Train V2, the default in ray 2.60).
 
-DESIGN.md section 5. Each worker runs the same function as a local run, with Ray's Lightning pieces plugged in
+Each worker runs the same function as a local run, with Ray's Lightning pieces plugged in
 through `WorkerHooks`: `RayDDPStrategy` (or `RayFSDPStrategy`), `RayLightningEnvironment`, `prepare_trainer`, the
 worker's rank for the data pipeline's explicit node split, and `ReportCheckpoints`, which hands every checkpoint
 folder `SelfDescribingCheckpoint` publishes to `ray.train.report` (copied to `dist.storage`, by default

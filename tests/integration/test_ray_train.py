@@ -1,4 +1,4 @@
-"""The Ray Train launcher (DESIGN.md section 5) on a real local Ray with 2 CPU workers.
+"""The Ray Train launcher (`biomedgpt.train.ray_launch`) on a real local Ray with 2 CPU workers.
 
 The fault-tolerance test kills rank 1 with SIGKILL after a checkpoint was reported (first attempt only); Ray Train
 restarts the worker group and both workers resume from the reported checkpoint up to max_steps.

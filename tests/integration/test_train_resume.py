@@ -1,4 +1,4 @@
-"""Resume and crash safety of training (DESIGN.md section 5), on the quickstart's tiny model and synthetic shards.
+"""Resume and crash safety of training, on the quickstart's tiny model and synthetic shards.
 
 - A run stopped at step 8 and resumed with train.resume=true ends where an uninterrupted run ends, with the same
   per-step train loss and weights (dropout on, validation at the stop step, the stop in the middle of a data

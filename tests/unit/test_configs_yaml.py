@@ -1,7 +1,6 @@
 """Every committed run-config YAML loads, validates and starts with its purpose, command and expected result.
 
-To cover a new folder of configs, add its glob to CONFIG_GLOBS with the dataclass its files build
-(DESIGN 9.3: "a test loads every YAML").
+To cover a new folder of configs, add its glob to CONFIG_GLOBS with the dataclass its files build.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pins the unified vocabulary layout (DESIGN.md 3 and 9.10) and checks the committed asset agrees with it."""
+"""Pins the unified vocabulary layout (README, "The unified vocabulary") and checks the committed asset agrees with it."""
 
 from __future__ import annotations
 

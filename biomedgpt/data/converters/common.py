@@ -1,6 +1,6 @@
 """What every dataset converter shares: options, the skip log, layout errors, splits, keys, records.
 
-A converter (one module per public dataset layout, DESIGN.md section 4) exposes
+A converter (one module per public dataset layout; docs/ARCHITECTURE.md says how to add one) exposes
 ``CONVERTER = Converter(...)``. Its ``prepare(input, options, skips)`` checks the layout eagerly (a
 missing annotation file or folder raises ``LayoutError`` naming the expected path and the whole
 expected layout, before anything is written) and returns a ``Prepared``: a lazy iterator of

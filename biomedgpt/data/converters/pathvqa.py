@@ -3,7 +3,7 @@ from its question tables in JSON or CSV, never from the released pickles.
 
 The official release (github.com/UCSD-AI4H/PathVQA) stores the QA pairs as Python pickles,
 ``pvqa/qas/{train,val,test}/{split}_qa.pkl``. Unpickling runs arbitrary code chosen by whoever made
-the file, and DESIGN.md forbids unpickling untrusted files, so ``.pkl`` input is refused with an
+the file, and this project never unpickles untrusted files, so ``.pkl`` input is refused with an
 error that says so. Supported instead: the same records re-distributed as JSON, JSON Lines or CSV,
 with the release's image tree unchanged:
 
@@ -60,7 +60,7 @@ def find_table(root: Path, split: str) -> Path:
     if found is not None:
         raise PickleRefusedError(
             f"{found}: refusing to unpickle (loading a pickle runs code chosen by whoever made the "
-            "file; DESIGN.md: never unpickle untrusted files). Convert the records to JSON or CSV "
+            "file; biomedgpt never unpickles untrusted files). Convert the records to JSON or CSV "
             f"with columns image, question, answer and put them at {root}/qas/{split}/{split}_qa.json"
         )
     raise CONVERTER.missing(root / f"qas/{split}/{split}_qa.json", f"{split} question table")

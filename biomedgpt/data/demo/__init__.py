@@ -1,4 +1,4 @@
-"""The demo corpus: real data from package registries (DESIGN.md section 7) as webdataset shards.
+"""The demo corpus: real data from package registries (`biomedgpt.data.registry`) as webdataset shards.
 
 ``biomedgpt shard --demo --out data_shards/demo`` runs `builder.build_demo`; one module per source
 (`dicom_files`, `radiomics`, `nuclei`, `skimage_images`, `slide`, `iu_reports`, `pubmed`) turns

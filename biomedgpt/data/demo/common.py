@@ -1,7 +1,7 @@
 """Shared pieces of the demo corpus builders: options, provenance, per-source reports and image helpers.
 
-Every source module in this package turns the real files of one registry package (DESIGN.md section 7,
-``biomedgpt.data.registry.SOURCES``) into `Sample`s. They share:
+Every source module in this package turns the real files of one registry package
+(``biomedgpt.data.registry.SOURCES``) into `Sample`s. They share:
 
 - `DemoOptions`: what to build (per-source limit, image size, text caps, synthetic mix-in);
 - `Provenance`: package, version, sha256 and licence from the registry table, written into every
