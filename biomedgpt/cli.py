@@ -1,7 +1,9 @@
 """The `biomedgpt` command line: one table, subcommand -> module that implements it.
 
 Each command module defines `add_arguments(parser)` and `run(args) -> int`. Modules are imported
-only when their subcommand runs, so `biomedgpt --help` stays instant and never imports torch.
+only when their subcommand runs, so `biomedgpt --help` stays instant and never imports torch. A command that
+raises `biomedgpt.errors.UserError` (something the user can fix) prints `error: <message>`, one line without a
+traceback, and exits 2.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from biomedgpt.errors import UserError
 
 # name -> (module implementing it, one-line help). Nested groups use "group name".
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "biomedgpt.commands.import_cmd",
         "import an official OFA/BiomedGPT fairseq checkpoint into a model folder (safe, checked)",
     ),
-    "export": ("biomedgpt.commands.export_cmd", "export a checkpoint to ONNX (KV cache), checked against PyTorch"),
+    "export": (
+        "biomedgpt.commands.export_cmd",
+        "export a checkpoint to ONNX (KV cache), checked against PyTorch",
+    ),
     "demo": ("biomedgpt.commands.demo", "the Gradio multitask demo over a model folder or the HTTP API"),
     "serve": ("biomedgpt.commands.serve", "serve a model over HTTP: task endpoints + OpenAI-compatible chat"),
 }
@@ -59,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=f"biomedgpt {name}", description=COMMANDS[name][1])
         module.add_arguments(parser)
         args = parser.parse_args(argv[1:])
-        return int(module.run(args) or 0)
+        try:
+            return int(module.run(args) or 0)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="onnxruntime",
         help="engine for --model (default onnxruntime)",
     )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="with --model: load it without checking its files against the sha256 in its manifest.json",
+    )
     parser.add_argument("--api-key", help=f"the API's key for --api (default: ${API_KEY_ENV})")
     parser.add_argument(
         "--wait",
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             api=args.api,
             api_key=args.api_key or os.environ.get(API_KEY_ENV),
             wait_s=args.wait,
+            verify=not args.no_verify,
         )
         examples, source = load_examples(
             args.examples_from, cache_dir=args.examples_dir, per_task=args.examples_per_task

@@ -3,12 +3,14 @@
 Starts the HTTP API (biomedgpt/serve/app.py) under uvicorn. Settings come from `ServeConfig`: defaults <
 `-c` YAML < BIOMEDGPT_SERVE_* environment < KEY=VALUE overrides < flags. The API key is best given as
 BIOMEDGPT_API_KEY (a flag shows up in `ps`). A non-loopback host without a key is refused unless
-`--allow-no-key`; either way a server without a key says so at start.
+`--allow-no-key`; either way a server without a key says so at start. Before it starts, every model file the
+engine will read is checked against the sha256 in the folder's manifest.json (`--no-verify` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from biomedgpt.commands._config_args import add_config_arguments
@@ -34,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="require this key on /v1 routes (prefer the BIOMEDGPT_API_KEY variable)",
     )
     parser.add_argument(
+        "--no-verify",
+        dest="verify_files",
+        action="store_const",
+        const=False,
+        default=None,
+        help="load the model without checking its files against the sha256 in its manifest.json",
+    )
+    parser.add_argument(
         "--allow-no-key",
         action="store_const",
         const=True,
@@ -55,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "port": args.port,
         "api_key": args.api_key,
         "allow_no_key": args.allow_no_key,
+        "verify_files": args.verify_files,
     }
     try:
         config = load_serve_config(args.config, args.overrides, flags=flags)
@@ -80,9 +91,29 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print("warning: no API key: every client that reaches this port can use the API", file=sys.stderr)
 
+    from biomedgpt.errors import ModelFileError
     from biomedgpt.serve.app import create_app_from_config
+    from biomedgpt.serve.engine import verify_model_folder
     from biomedgpt.serve.server import run_server
 
+    if config.verify_files:
+        # Before the server starts, so a changed or missing file refuses to serve with one line. Each file is
+        # hashed once: the engine, loaded in the background, does not check them again.
+        try:
+            checked = verify_model_folder(config.model, engine=config.engine, precision=config.precision)
+        except (ModelFileError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if checked:
+            print(f"checked {len(checked)} model files against manifest.json", file=sys.stderr)
+        else:
+            print(
+                f"note: {config.model} has no manifest.json with file hashes: nothing to check",
+                file=sys.stderr,
+            )
+        config = dataclasses.replace(config, verify_files=False)
+    else:
+        print("warning: --no-verify: the model files are not checked against manifest.json", file=sys.stderr)
     app = create_app_from_config(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"biomedgpt serve: {config.engine} engine on {config.model}", file=sys.stderr)

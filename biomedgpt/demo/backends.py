@@ -106,9 +106,10 @@ def load_backend(
     api: str | None = None,
     api_key: str | None = None,
     wait_s: float = 0.0,
+    verify: bool = True,
 ) -> Backend:
-    """Exactly one of `model` (a model or export folder, loaded with `engine`) or `api` (a server's address,
-    waited for up to `wait_s` seconds)."""
+    """Exactly one of `model` (a model or export folder, loaded with `engine`; `verify`: its files checked
+    against its manifest.json first) or `api` (a server's address, waited for up to `wait_s` seconds)."""
     if (model is None) == (api is None):
         raise ValueError("give exactly one of a model folder or an API address")
     if api is not None:
@@ -117,4 +118,4 @@ def load_backend(
         return ApiBackend(client)
     from biomedgpt.serve.engine import load_engine
 
-    return EngineBackend(load_engine(model, engine=engine))
+    return EngineBackend(load_engine(model, engine=engine, verify=verify))

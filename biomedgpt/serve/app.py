@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from biomedgpt import __version__
+from biomedgpt.errors import UserError
 from biomedgpt.serve.batching import Batcher, BatchFailed, Outcome, QueueFull
 from biomedgpt.serve.config import ServeConfig
 from biomedgpt.serve.engine import Engine, Prepared
@@ -102,6 +103,10 @@ class ServerState:
     async def load(self, loader: Callable[[], Engine]) -> None:
         try:
             engine = await asyncio.to_thread(loader)
+        except UserError as err:  # e.g. a file that does not match its manifest: the message says it all
+            log.error("loading the model failed: %s", err)
+            self.load_error = f"{type(err).__name__}: {err}"
+            return
         except Exception as err:
             log.exception("loading the model failed")
             self.load_error = f"{type(err).__name__}: {err}"
@@ -237,6 +242,7 @@ def create_app_from_config(config: ServeConfig) -> FastAPI:
         from biomedgpt.serve.engine import load_engine
 
         extra: dict = {"num_threads": config.num_threads} if config.num_threads else {}
+        extra["verify"] = config.verify_files
         if config.engine == "onnxruntime":
             extra["precision"] = config.precision
         return load_engine(config.model, engine=config.engine, limits=config.engine_limits(), **extra)
@@ -302,9 +308,7 @@ def _add_v1_routes(app: FastAPI, state: ServerState) -> None:
         """Run one task on one image; masks come as base64 PNG and/or COCO RLE."""
         engine = state.require_engine()
         if task not in engine.tasks:
-            raise APIError(
-                404, f"unknown task {task!r}; this model serves: {', '.join(engine.tasks)}", param="task"
-            )
+            raise APIError(404, engine.unserved_task_message(task), param="task")
         body, image = await read_task_body(request, max_part_bytes=state.config.max_body_bytes)
         check_text_lengths(body, limit=state.config.max_text_chars)
         fields = {}

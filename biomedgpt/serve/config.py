@@ -43,6 +43,10 @@ class ServeConfig:
     """Inference backend; ONNX Runtime needs no torch in the serving image."""
     precision: Literal["fp32", "int8"] = "fp32"
     """ONNX Runtime graphs to load: fp32, or the int8 ones `biomedgpt export --int8` kept (engine onnxruntime only)."""
+    verify_files: bool = True
+    """Check every model file the engine reads against the sha256 in the folder's manifest.json before loading
+    (hashed once, streaming); a file that differs or is missing refuses to start. An export folder must have the
+    manifest; a checkpoint folder is checked where it has one. `--no-verify` turns it off."""
     host: str = "127.0.0.1"
     """Address to bind. Anything but loopback needs `api_key` (or `allow_no_key`)."""
     port: int = 8000

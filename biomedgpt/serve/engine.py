@@ -8,6 +8,15 @@ decoding settings, and task postprocessing. A backend implements `_decode` only:
 A model folder holds `tokenizer.json`, `preprocessor_config.json`, and optionally `serving.json` (default decoding
 settings, trained tasks, model id) and `answers.json` (closed-set answers per task, from the TRAIN split:
 `biomedgpt export` writes both).
+
+Served tasks: exactly the tasks the folder says the model was trained on: `serving.json`'s `tasks` (exports,
+imports, and checkpoints the trainer writes), else the tasks weighted above 0 in `run_config.yaml`'s
+`data.mixture` (older checkpoints); a folder that records neither serves every image task, with a warning.
+
+Verified files: where the folder has a `manifest.json` with a sha256 per file (`files`: exports, imports,
+checkpoints), every file the engine reads is hashed once at load and must match; a file that differs, is listed
+but missing, or is read but not listed refuses the load (`ModelFileError`, one line naming the file). An export
+folder must have such a manifest (the ONNX Runtime engine); `verify=False` (`--no-verify`) skips the checks.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from biomedgpt.hashing import verify_files
 from biomedgpt.model.constraints import AnswerTrie, decoder_prefix
 from biomedgpt.model.image_processing import BiomedGPTImageProcessor
 from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
@@ -78,11 +88,29 @@ class Prepared:
         return (self.request.task, self.num_beams, self.use_trie, beam_len)
 
 
+# What every engine reads from a model folder (each backend adds its own); checked against manifest.json.
+ENGINE_FILES = (
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "serving.json",
+    "answers.json",
+    "run_config.yaml",
+)
+
+
 class Engine(abc.ABC):
     name: ClassVar[str]
+    manifest_required: ClassVar[bool] = False
+    """Refuse a folder without a manifest.json that records a sha256 per file (export folders always have one)."""
 
-    def __init__(self, model_dir: str | Path, *, limits: EngineLimits | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, *, limits: EngineLimits | None = None, verify: bool = True
+    ) -> None:
         self.model_dir = Path(model_dir)
+        # Before anything is read: each file this engine reads, hashed once against manifest.json.
+        self.verified_files: list[str] = (
+            self.verify_folder(self.model_dir, **self._file_options()) if verify else []
+        )
         self.limits = limits or EngineLimits()
         self.tokenizer = ServeTokenizer.from_dir(self.model_dir)
         self.image_processor = BiomedGPTImageProcessor.from_pretrained(self.model_dir)
@@ -91,8 +119,7 @@ class Engine(abc.ABC):
         self.model_id: str = serving.get("model_id") or self.model_dir.name
         self.defaults = DecodeSpec(**serving.get("generation", {}))
         self.max_target_positions: int = serving.get("max_target_positions", 1024)
-        trained = serving.get("tasks") or list(SERVED_TASKS)
-        self.tasks: tuple[str, ...] = tuple(t for t in SERVED_TASKS if t in trained)
+        self.tasks: tuple[str, ...] = trained_tasks(self.model_dir, serving)
         self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
         # The prompt each task was trained with, as the model folder records it (imports: BiomedGPT's own).
         self.prompts: dict[str, str] = dict(serving.get("prompts") or {})
@@ -105,6 +132,24 @@ class Engine(abc.ABC):
         )
         self.vocab_size = layout.vocab_size
 
+    @classmethod
+    def model_files(cls, model_dir: Path, **options: Any) -> list[str]:
+        """The files (relative to `model_dir`) this engine reads with `options`: those checked against manifest.json."""
+        return list(ENGINE_FILES)
+
+    @classmethod
+    def verify_folder(cls, model_dir: str | Path, **options: Any) -> list[str]:
+        """Check the files this engine would read from `model_dir` against its manifest.json (hashing each once);
+        returns the names checked. `ModelFileError` names a file that differs, is missing or is not listed."""
+        model_dir = Path(model_dir)
+        return verify_files(
+            model_dir, cls.model_files(model_dir, **options), require_manifest=cls.manifest_required
+        )
+
+    def _file_options(self) -> dict[str, Any]:
+        """The `model_files` options of this instance (the ONNX precision)."""
+        return {}
+
     # --- validation --------------------------------------------------------------------------------
     def plan(self, request: TaskRequest) -> RequestPlan:
         """Validate everything but the image and build the prompt; `RequestError` (4xx) names what is wrong.
@@ -115,11 +160,7 @@ class Engine(abc.ABC):
         from biomedgpt.tasks import get_task
 
         if request.task not in self.tasks:
-            raise RequestError(
-                f"unknown task {request.task!r}; this model serves: {', '.join(self.tasks)}",
-                status=404,
-                field="task",
-            )
+            raise RequestError(self.unserved_task_message(request.task), status=404, field="task")
         task = get_task(request.task)
         if request.instruction is not None:
             prompt = " " + " ".join(request.instruction.split())
@@ -186,6 +227,13 @@ class Engine(abc.ABC):
             plan.num_beams,
             plan.use_trie,
         )
+
+    def unserved_task_message(self, task: str) -> str:
+        """The 404 for a task this model does not serve: an untrained one says so."""
+        served = ", ".join(self.tasks) or "no image task"
+        if task in SERVED_TASKS:
+            return f"this model was not trained for task {task!r}; it serves: {served}"
+        return f"unknown task {task!r}; this model serves: {served}"
 
     def default_max_new_tokens(self, task: str) -> int:
         if task == "segmentation":
@@ -286,6 +334,44 @@ def _sample_fields(task: str, value: str) -> dict[str, Any]:
     return {}
 
 
+def trained_tasks(model_dir: Path, serving: dict[str, Any]) -> tuple[str, ...]:
+    """The image tasks a model folder says its model was trained on (module docstring: "Served tasks")."""
+    recorded = serving.get("tasks") or None
+    if recorded is None:
+        recorded = _mixture_tasks(model_dir / "run_config.yaml")
+    if recorded is None:
+        log.warning(
+            "%s records no trained tasks (serving.json `tasks` or run_config.yaml `data.mixture`): serving every "
+            "image task",
+            model_dir,
+        )
+        return SERVED_TASKS
+    if not isinstance(recorded, list) or not all(isinstance(t, str) for t in recorded):
+        raise ValueError(f"{model_dir / 'serving.json'}: `tasks` must be a list of task names")
+    tasks = tuple(t for t in SERVED_TASKS if t in recorded)
+    if not tasks:
+        log.warning("%s was trained on no image task (%s): it serves none", model_dir, ", ".join(recorded))
+    return tasks
+
+
+def _mixture_tasks(path: Path) -> list[str] | None:
+    """Tasks weighted above 0 in a run config's `data.mixture`; None when it names none (or no run config)."""
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        run_config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    data = run_config.get("data") if isinstance(run_config, dict) else None
+    mixture = data.get("mixture") if isinstance(data, dict) else None
+    if not isinstance(mixture, dict):
+        return None
+    tasks = [str(t) for t, w in mixture.items() if isinstance(w, (int, float)) and w > 0]
+    return tasks or None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -295,16 +381,29 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
-def load_engine(
-    model_dir: str | Path, *, engine: str = "onnxruntime", limits: EngineLimits | None = None, **kwargs: Any
-) -> Engine:
-    """The engine called `engine` over `model_dir` ("onnxruntime" needs an export folder; "torch" a checkpoint)."""
+def engine_class(engine: str) -> type[Engine]:
+    """The class of the engine called `engine` (importing it imports no torch)."""
     if engine == "onnxruntime":
         from biomedgpt.serve.ort_engine import OrtEngine
 
-        return OrtEngine(model_dir, limits=limits, **kwargs)
+        return OrtEngine
     if engine == "torch":
         from biomedgpt.serve.torch_engine import TorchEngine
 
-        return TorchEngine(model_dir, limits=limits, **kwargs)
+        return TorchEngine
     raise ValueError(f"unknown engine {engine!r}; expected 'onnxruntime' or 'torch'")
+
+
+def verify_model_folder(model_dir: str | Path, *, engine: str = "onnxruntime", **options: Any) -> list[str]:
+    """What loading `model_dir` with `engine` checks first, on its own (`biomedgpt serve` before it starts)."""
+    return engine_class(engine).verify_folder(model_dir, **options)
+
+
+def load_engine(
+    model_dir: str | Path, *, engine: str = "onnxruntime", limits: EngineLimits | None = None, **kwargs: Any
+) -> Engine:
+    """The engine called `engine` over `model_dir` ("onnxruntime" needs an export folder; "torch" a checkpoint).
+
+    `verify=False` in `kwargs` skips checking the files against the folder's manifest.json (`--no-verify`).
+    """
+    return engine_class(engine)(model_dir, limits=limits, **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,8 +18,15 @@ from biomedgpt.serve.engine import Engine, EngineLimits
 PRECISIONS = ("fp32", "int8")
 
 
+def graph_files(precision: str) -> dict[str, str]:
+    """The encoder and decoder graph file of `precision` in an export folder."""
+    suffix = "" if precision == "fp32" else ".int8"
+    return {g: f"{g}{suffix}.onnx" for g in ("encoder", "decoder")}
+
+
 class OrtEngine(Engine):
     name: ClassVar[str] = "onnxruntime"
+    manifest_required: ClassVar[bool] = True  # `biomedgpt export` always writes the sha256 of every file
 
     def __init__(
         self,
@@ -28,14 +35,15 @@ class OrtEngine(Engine):
         limits: EngineLimits | None = None,
         precision: str = "fp32",
         num_threads: int | None = None,
+        verify: bool = True,
     ) -> None:
         import onnxruntime as ort
 
-        super().__init__(model_dir, limits=limits)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        suffix = "" if precision == "fp32" else ".int8"
-        paths = {g: self.model_dir / f"{g}{suffix}.onnx" for g in ("encoder", "decoder")}
+        self.precision = precision
+        model_dir = Path(model_dir)
+        paths = {g: model_dir / name for g, name in graph_files(precision).items()}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
             hint = (
@@ -44,6 +52,7 @@ class OrtEngine(Engine):
                 else ""
             )
             raise FileNotFoundError(f"not an ONNX export folder: missing {', '.join(missing)}{hint}")
+        super().__init__(model_dir, limits=limits, verify=verify)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if num_threads:
@@ -52,12 +61,18 @@ class OrtEngine(Engine):
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=providers)
         self.decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=providers)
-        self.precision = precision
         config = json.loads((self.model_dir / "config.json").read_text())
         self.num_layers = config["decoder_layers"]
         self.num_heads = config["decoder_attention_heads"]
         self.head_dim = config["d_model"] // self.num_heads
         self.max_target_positions = config["max_target_positions"]
+
+    @classmethod
+    def model_files(cls, model_dir: Path, *, precision: str = "fp32", **options: Any) -> list[str]:
+        return [*super().model_files(model_dir), "config.json", *graph_files(precision).values()]
+
+    def _file_options(self) -> dict[str, Any]:
+        return {"precision": self.precision}
 
     def encode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray

@@ -6,13 +6,27 @@ only serving module that imports torch, and only when chosen.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from biomedgpt.serve.decoding import DecodeSpec
 from biomedgpt.serve.engine import Engine, EngineLimits
+
+# Files of a model folder that `load_pretrained` (transformers) may read.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 class TorchEngine(Engine):
@@ -25,6 +39,7 @@ class TorchEngine(Engine):
         limits: EngineLimits | None = None,
         device: str = "cpu",
         num_threads: int | None = None,
+        verify: bool = True,
     ) -> None:
         import torch
 
@@ -34,10 +49,31 @@ class TorchEngine(Engine):
         if num_threads:
             torch.set_num_threads(num_threads)
         model_dir = resolve_checkpoint(model_dir)
-        super().__init__(model_dir, limits=limits)
+        # A folder with a manifest.json (checkpoints, imports) has its weights and the rest checked first.
+        super().__init__(model_dir, limits=limits, verify=verify)
         self.model, _ = load_pretrained(model_dir, device=device)
         self.device = device
         self.max_target_positions = self.model.config.max_target_positions
+
+    @classmethod
+    def model_files(cls, model_dir: Path, **options: Any) -> list[str]:
+        """What `load_pretrained` reads besides the engine's own files: config, weights (a sharded model's index
+        and every shard it names), the transformers tokenizer's files."""
+        files = [*super().model_files(model_dir), *MODEL_FILES]
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text()).get("weight_map") or {}
+            except (OSError, ValueError, AttributeError):
+                weight_map = {}  # the index itself is checked (and fails) with the rest
+            files += sorted({str(v) for v in weight_map.values()}) if isinstance(weight_map, dict) else []
+        return files
+
+    @classmethod
+    def verify_folder(cls, model_dir: str | Path, **options: Any) -> list[str]:
+        from biomedgpt.eval.runner import resolve_checkpoint
+
+        return super().verify_folder(resolve_checkpoint(model_dir), **options)
 
     def _decode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, spec: DecodeSpec

@@ -4,6 +4,7 @@
         model.safetensors, config.json, generation_config.json    the model (safetensors only)
         tokenizer.json, tokenizer_config.json, preprocessor_config.json
         run_config.yaml                                           the resolved run config
+        serving.json                                              the tasks trained (what a server may offer)
         manifest.json                                             step, data position, versions, sha256 of every file
         trainer_state/lightning.ckpt                              optimizer, schedule, loop and EMA state
     <output_dir>/checkpoints/latest                               name of the newest complete folder
@@ -91,11 +92,21 @@ def clean_partials(root: Path) -> None:
 class SelfDescribingCheckpoint(pl.Callback):
     """Writes a checkpoint folder every `every` optimizer steps (0: only at the end) and at the end of training."""
 
-    def __init__(self, root: str | Path, *, every: int, processor, run_config_yaml: str) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        every: int,
+        processor,
+        run_config_yaml: str,
+        trained_tasks: list[str] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.every = every
         self.processor = processor
         self.run_config_yaml = run_config_yaml
+        self.trained_tasks = trained_tasks
+        """The tasks this run trains on (serving.json `tasks`); None: the data does not say, nothing is written."""
         self._last_step = -1
         self.last_saved: Path | None = None
         """The folder of the newest `save` (on every rank; launchers report it, e.g. to Ray Train)."""
@@ -134,6 +145,9 @@ class SelfDescribingCheckpoint(pl.Callback):
                     pl_module.ema.swap(model)
             self.processor.save_pretrained(partial)
             (partial / "run_config.yaml").write_text(self.run_config_yaml)
+            if self.trained_tasks:  # `biomedgpt serve` offers these tasks only; `biomedgpt export` keeps them
+                serving = {"tasks": self.trained_tasks}
+                (partial / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
             # Where the data stream stood: a resumed run starts its loader at this epoch and skips these batches.
             position = {
                 "epoch": trainer.current_epoch,

@@ -11,11 +11,13 @@ continues as if never stopped; logs/metrics.csv keeps the rows logged before the
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biomedgpt.errors import UserError
 from biomedgpt.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -78,12 +80,12 @@ def build_model(cfg: RunConfig, processor):
 
     if cfg.model.init_from:
         path = Path(cfg.model.init_from)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.init_from={path} is not a model folder (no config.json)")
+        check_init_from(path, hashes=False)  # train_worker checked the hashes before anything was read
         model = BiomedGPTForConditionalGeneration.from_pretrained(path, use_safetensors=True)
         if model.config.vocab_size != len(processor.tokenizer):
-            raise ValueError(
-                f"{path} has vocabulary {model.config.vocab_size}, the tokenizer {len(processor.tokenizer)}"
+            raise UserError(
+                f"model.init_from={path} has vocabulary {model.config.vocab_size}, the tokenizer "
+                f"{len(processor.tokenizer)}: start from a model folder made with this tokenizer"
             )
         return model
     config = BiomedGPTConfig.from_arch(
@@ -98,6 +100,39 @@ def build_model(cfg: RunConfig, processor):
         max_target_positions=cfg.model.max_target_positions,
     )
     return BiomedGPTForConditionalGeneration(config)
+
+
+def check_init_from(path: Path, *, hashes: bool = True) -> None:
+    """`model.init_from` must be a model folder with safetensors weights; with `hashes`, the files training reads
+    from it are checked against its manifest.json where it has one (checkpoints, imports). `UserError` (one line)
+    otherwise."""
+    from biomedgpt.hashing import verify_files
+
+    where = f"model.init_from={path}"
+    if not path.is_dir():
+        raise UserError(
+            f"{where} does not exist: give a model or checkpoint folder (e.g. runs/NAME/checkpoints/step-...)"
+        )
+    if not (path / "config.json").is_file():
+        latest = path / "checkpoints" / "latest"
+        hint = (
+            f" (a run folder: use its checkpoint, {path / 'checkpoints' / latest.read_text().strip()})"
+            if latest.is_file()
+            else ""
+        )
+        raise UserError(f"{where} is not a model folder (no config.json){hint}")
+    if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
+        raise UserError(
+            f"{where} has no model.safetensors (only safetensors weights are loaded): give a checkpoint folder "
+            "written by training or `biomedgpt import`, or convert the weights to safetensors"
+        )
+    if not hashes:
+        return
+    names = ["config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json"]
+    names += ["tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"]
+    verify_files(
+        path, names, require_manifest=False, what=where, hint=f"restore {path} or start from another folder"
+    )
 
 
 def build_processor(cfg: RunConfig):
@@ -135,11 +170,15 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    if cfg.model.init_from:
+        check_init_from(Path(cfg.model.init_from))
     processor = build_processor(cfg)
     module = BiomedGPTModule(build_model(cfg, processor), cfg.train)
     resume = hooks.resume_from or (latest_checkpoint(ckpt_root) if cfg.train.resume else None)
     if cfg.train.resume and resume is None:
         log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", ckpt_root)
+    if resume is not None:
+        check_resume(resume)
     train_loader, val_loader = build_loaders(cfg, processor, rank=hooks.rank, world_size=hooks.world_size)
     start_step, epoch, skip = _data_position(resume, accumulate=cfg.train.accumulate) if resume else (0, 0, 0)
     train_batches = BatchStream(train_loader, epoch=epoch, skip=skip)
@@ -147,7 +186,11 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
 
     callbacks = [
         SelfDescribingCheckpoint(
-            ckpt_root, every=cfg.train.ckpt_every, processor=processor, run_config_yaml=dump_yaml(cfg)
+            ckpt_root,
+            every=cfg.train.ckpt_every,
+            processor=processor,
+            run_config_yaml=dump_yaml(cfg),
+            trained_tasks=trained_tasks(cfg),
         ),
         CurvesPlot(run_dir),
         TorchRngState(),
@@ -183,14 +226,77 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
     if hooks.prepare_trainer is not None:
         trainer = hooks.prepare_trainer(trainer)
     ckpt_path = str(resume / TRAINER_STATE) if resume else None
-    trainer.fit(
-        module,
-        train_dataloaders=train_batches,
-        val_dataloaders=val_batches,
-        ckpt_path=ckpt_path,
-        weights_only=True,
-    )
+    try:
+        trainer.fit(
+            module,
+            train_dataloaders=train_batches,
+            val_dataloaders=val_batches,
+            ckpt_path=ckpt_path,
+            weights_only=True,
+        )
+    except pickle.UnpicklingError as err:
+        if ckpt_path is None:
+            raise
+        raise UserError(
+            f"refusing to resume from {ckpt_path}: {_refusal(err)}; nothing in it was run. Start from its weights "
+            f"instead (model.init_from={resume} train.resume=false: safetensors hold no code), or remove {resume} "
+            "to resume from an earlier checkpoint"
+        ) from None
     return latest_checkpoint(ckpt_root)
+
+
+def _refusal(err: Exception) -> str:
+    """One line of torch's (long, multi-line) weights-only refusal: the global it would not load."""
+    import re
+
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err)) or re.search(
+        r"Unsupported operand \d+", str(err)
+    )
+    what = f" ({found.group(0)})" if found else ""
+    return f"a safe (weights-only) load refuses it: it holds Python objects that are not tensors or plain data{what}"
+
+
+def check_resume(folder: Path) -> None:
+    """The trainer state and manifest of a checkpoint to resume from: present and matching the manifest's sha256
+    (a changed state is refused before it is unpickled, even with the weights-only loader)."""
+    from biomedgpt.hashing import verify_files
+    from biomedgpt.train.checkpoint import TRAINER_STATE
+
+    hint = f"remove {folder} to resume from an earlier checkpoint, or set train.resume=false"
+    if not (folder / TRAINER_STATE).is_file():
+        raise UserError(f"cannot resume from {folder}: it has no {TRAINER_STATE}; {hint}")
+    verify_files(
+        folder, [str(TRAINER_STATE)], require_manifest=True, what=f"the checkpoint {folder}", hint=hint
+    )
+
+
+def trained_tasks(cfg: RunConfig) -> list[str] | None:
+    """The tasks this run trains on, recorded in each checkpoint's serving.json: a mixture's tasks of weight > 0
+    that a training shard holds; without a mixture, the tasks the training shards' manifests count. None when the
+    shards do not say (remote URLs, shards without a manifest): then nothing is recorded."""
+    from biomedgpt.data.pipeline import expand_shards, shards_with_task
+    from biomedgpt.data.shards import read_manifest
+
+    urls = expand_shards(cfg.data.shards, split="train")
+    if cfg.data.mixture:
+        return [t for t, w in cfg.data.mixture.items() if w > 0 and shards_with_task(urls, t)] or None
+    tasks: set[str] = set()
+    listed: dict[Path, dict[str, dict]] = {}
+    for url in urls:
+        path = Path(url.removeprefix("file:"))
+        if "://" in url or not path.is_file():
+            return None
+        if path.parent not in listed:
+            try:
+                doc = read_manifest(path.parent)
+                listed[path.parent] = {s["file"]: s.get("tasks") or {} for s in doc["shards"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        counts = listed[path.parent].get(path.name)
+        if counts is None:
+            return None
+        tasks.update(t for t, n in counts.items() if n)
+    return sorted(tasks) or None
 
 
 def _data_position(folder: Path, *, accumulate: int) -> tuple[int, int, int]:
