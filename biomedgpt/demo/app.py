@@ -6,6 +6,11 @@ let browser tests find the parts, and every task has an `api_name` equal to its 
 `gradio_client.Client(url).predict(handle_file(png), question, api_name="/vqa")` works. A refused request (a
 `RequestError`, an API 4xx) becomes a warning toast plus a message in the tab's status line, never a crash.
 
+Text answers stream: in the tabs of the backend's `streamed` tasks (caption, report, VQA, classification) the
+answer box fills as the model decodes, the status line saying "Generating", and the probability and "Done in"
+arrive with the end of the answer. gradio_client's `predict` gets the final
+values; `submit` gets every update.
+
 The upload is taken as a file (`gr.File`), not as an image: Gradio never decodes it. The demo checks its size,
 then decodes it with the API's own decoder and limits (`biomedgpt.serve.images.decode_image`, `ServeConfig`'s
 image limits): a corrupt, truncated, huge, PDF or QOI upload gets the API's message in the page, and an
@@ -18,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,30 +220,66 @@ def _refusal(err: RequestError) -> str:
     return f"The image was refused ({err.status}): {err.message}. Send {ACCEPTED_FILES}."
 
 
-def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[..., tuple]:
-    """The click handler of a task, with the parameters its inputs give (gradio matches them by position)."""
+def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[..., Any]:
+    """The click handler of a task, with the parameters its inputs give (gradio matches them by position): a
+    generator of updates for a streamed task, else a function."""
+    empty = (None,) * len(OUTPUT_IDS[task])
 
-    def run(upload: str | None, field: str | None) -> tuple:
-        empty = (None,) * len(OUTPUT_IDS[task])
+    def checked(upload: str | None, field: str | None) -> tuple[Image.Image, dict[str, str]] | str:
+        """The decoded upload and the task's fields, or why the request cannot be sent."""
         if upload is None:
-            return _refuse(empty, "Upload an image first (or click an example).")
+            return "Upload an image first (or click an example)."
         if task in TASK_FIELDS and not (field or "").strip():
-            return _refuse(empty, f"Type a {FIELD_LABELS[task].lower()} first.")
+            return f"Type a {FIELD_LABELS[task].lower()} first."
         try:
             image = load_upload(upload, limits)  # the API's decoder: 16-bit scaled, EXIF applied
         except RequestError as err:
-            return _refuse(empty, _refusal(err))
-        fields = {TASK_FIELDS[task]: field.strip()} if task in TASK_FIELDS and field else {}
+            return _refusal(err)
+        return image, ({TASK_FIELDS[task]: field.strip()} if task in TASK_FIELDS and field else {})
+
+    def run(upload: str | None, field: str | None) -> tuple:
+        request = checked(upload, field)
+        if isinstance(request, str):
+            return _refuse(empty, request)
+        image, fields = request
         start = time.perf_counter()
         try:
             output = backend.run(task, image, fields)
-        except RequestError as err:
-            return _refuse(empty, f"The request was refused ({err.status}): {err.message}")
         except Exception as err:  # the page must stay usable whatever the model or network does
-            log.exception("demo %s request failed", task)
-            return _refuse(empty, f"Something went wrong: {type(err).__name__}: {err}")
+            return _refuse(empty, _failure(task, err))
         seconds = time.perf_counter() - start
         return (*render(task, image, output), f"Done in {seconds:.2f} s.")
+
+    def stream(upload: str | None, field: str | None) -> Iterator[tuple]:
+        request = checked(upload, field)
+        if isinstance(request, str):
+            yield _refuse(empty, request)
+            return
+        image, fields = request
+        start = time.perf_counter()
+        output: dict[str, Any] | None = None
+        try:
+            for text, output in backend.stream(task, image, fields):
+                if output is None:
+                    # The answer so far; the probability of a closed-set answer comes with its end.
+                    yield (text, *empty[1:], f"Generating... {time.perf_counter() - start:.1f} s")
+        except Exception as err:  # as in `run`: a message in the page, never a crash
+            yield _refuse(empty, _failure(task, err))
+            return
+        if output is None:
+            yield _refuse(empty, _failure(task, RuntimeError("the backend gave no answer")))
+            return
+        seconds = time.perf_counter() - start
+        yield (*render(task, image, output), f"Done in {seconds:.2f} s.")
+
+    if task in backend.streamed:
+        if task in TASK_FIELDS:
+            return stream
+
+        def stream_without_field(upload: str | None) -> Iterator[tuple]:
+            yield from stream(upload, None)
+
+        return stream_without_field
 
     if task in TASK_FIELDS:
         return run
@@ -247,6 +288,14 @@ def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[...,
         return run(upload, None)
 
     return run_without_field
+
+
+def _failure(task: str, err: Exception) -> str:
+    """The status line for a request that failed: the refusal's own words, or what went wrong (logged)."""
+    if isinstance(err, RequestError):
+        return f"The request was refused ({err.status}): {err.message}"
+    log.error("demo %s request failed", task, exc_info=err)
+    return f"Something went wrong: {type(err).__name__}: {err}"
 
 
 def _refuse(empty: tuple, message: str) -> tuple:

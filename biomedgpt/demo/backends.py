@@ -3,11 +3,18 @@
 Both implement `Backend`: `run(task, image, fields)` returns the engine's output dict (text; answer/label +
 score; box; objects; mask as a bool array at the input size) and raises `RequestError` (the API's 4xx/5xx
 included) for anything the user can fix or should be told about. The app never needs to know which it has.
+
+For the tasks in its `streamed`, `stream(task, image, fields)` gives the answer's text as it is decoded: the
+engine through a continuous-batching scheduler in a thread of its own, whose steps hand over their tokens; the
+API through `/v1/chat/completions` with `stream: true` (server-sent events).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +22,13 @@ import numpy as np
 from PIL import Image
 
 from biomedgpt.demo.client import ApiClient, ApiError, decode_png_mask
-from biomedgpt.serve.types import SERVED_TASKS, TaskRequest
+from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS, RequestError, TaskRequest
+
+TEXT_TASKS = ("caption", "report", "vqa", "classification")
+"""Tasks whose answer is text, shown as it is decoded where the backend can stream it."""
+
+Update = tuple[str, dict[str, Any] | None]
+"""What `stream` yields: (the answer's text so far, None) while decoding, then (its text, the whole output)."""
 
 
 class Backend(Protocol):
@@ -23,6 +36,8 @@ class Backend(Protocol):
     """The tasks it serves, in `SERVED_TASKS` order; the demo shows one tab per task."""
     concurrency: int
     """How many requests may run at once: 1 for an in-process engine (one model, two cores), more for an API."""
+    streamed: tuple[str, ...]
+    """The tasks `stream` serves (text tasks); the others are answered whole by `run`."""
 
     def describe(self) -> str:
         """One line for the page header: what answers and which model."""
@@ -32,31 +47,113 @@ class Backend(Protocol):
         """The task's output for `image`; `RequestError` when refused."""
         ...
 
+    def stream(self, task: str, image: Image.Image, fields: dict[str, str]) -> Iterator[Update]:
+        """A task in `streamed`: its text so far after each decoding step, then the text and the whole output
+        (as `run` gives it). Closing the iterator early stops the decoding."""
+        ...
+
 
 class EngineBackend:
-    """An engine (`biomedgpt.serve.engine.Engine`) called in process: no server needed."""
+    """An engine (`biomedgpt.serve.engine.Engine`) called in process: no server needed.
+
+    Requests go to one continuous-batching scheduler (`biomedgpt.serve.scheduler.Scheduler`), started in a
+    thread of its own with the first request; its steps hand each request's new tokens to `stream`, which
+    decodes the tokens so far into text with the engine's tokenizer."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.concurrency = 1
         self.tasks: tuple[str, ...] = tuple(engine.tasks)
+        self.streamed: tuple[str, ...] = tuple(t for t in self.tasks if t in TEXT_TASKS)
+        self._scheduler: Any = None
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         info = self.engine.describe()
         return f"model `{info['model_id']}` on the {info['engine']} engine, in this process"
 
     def run(self, task: str, image: Image.Image, fields: dict[str, str]) -> dict[str, Any]:
-        return dict(self.engine(TaskRequest(task=task, image=image, fields=fields)).output)
+        [(_, output)] = self._decode(task, image, fields, stream=False)  # no tokens asked for: one update
+        assert output is not None
+        return output
+
+    def stream(self, task: str, image: Image.Image, fields: dict[str, str]) -> Iterator[Update]:
+        return self._decode(task, image, fields, stream=True)
+
+    def close(self) -> None:
+        """Stop the scheduler's thread (a later request starts a new one)."""
+        with self._lock:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.stop()
+
+    def _decode(
+        self, task: str, image: Image.Image, fields: dict[str, str], *, stream: bool
+    ) -> Iterator[Update]:
+        from biomedgpt.serve.scheduler import QueueFull
+
+        engine = self.engine
+        item = engine.prepare(TaskRequest(task=task, image=image, fields=fields))
+        events: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        job = engine.job(
+            item, on_tokens=events.put if stream else None, on_done=lambda _job: events.put(None)
+        )
+        try:
+            self._running_scheduler().submit(job)
+        except QueueFull as err:
+            raise RequestError(str(err), status=503) from None
+        except ValueError as err:  # more rows or positions than the scheduler holds
+            raise RequestError(str(err)) from None
+        tokens: list[int] = []
+        text = ""
+        try:
+            while (step := events.get()) is not None:
+                tokens += step
+                partial = engine.tokenizer.decode_text(tokens).strip()
+                if partial != text:
+                    text = partial
+                    yield text, None
+        finally:
+            job.cancel()  # a no-op once it finished; the caller stopped early: free its rows
+        if job.error is not None:
+            raise job.error
+        output = dict(engine.result(item, job).output)
+        yield str(output.get("text", text)), output
+
+    def _running_scheduler(self) -> Any:
+        from biomedgpt.serve.scheduler import Scheduler, SchedulerLimits
+
+        with self._lock:
+            if self._scheduler is None:
+                # Room for the largest request the engine accepts: its most beams, each with the longest
+                # prompt (the decoder prefix) and the largest budget.
+                limits = self.engine.limits
+                defaults = SchedulerLimits()
+                rows = max(defaults.max_rows, limits.max_beams)
+                positions = limits.max_beams * (limits.max_prompt_tokens + limits.max_new_tokens)
+                self._scheduler = Scheduler(
+                    self.engine.step_model(),
+                    SchedulerLimits(max_rows=rows, max_tokens=max(defaults.max_tokens, positions)),
+                )
+                self._scheduler.start()
+            return self._scheduler
 
 
 class ApiBackend:
-    """A running `biomedgpt serve`; masks travel as PNG and come back as bool arrays."""
+    """A running `biomedgpt serve`; masks travel as PNG and come back as bool arrays.
+
+    Text tasks stream through `/v1/chat/completions` (`stream: true`, the model pinned to the task); the chunk
+    with the finish reason carries the parsed output (`biomedgpt.output`: a closed-set answer's probability).
+    A server that refuses `stream` (one from before streaming) answers every task whole, through the task
+    endpoints."""
 
     def __init__(self, client: ApiClient) -> None:
         self.client = client
         self.concurrency = 4  # the server batches concurrent requests itself
         self.model_id, served = served_tasks([str(m.get("id", "")) for m in client.models()])
         self.tasks = tuple(t for t in SERVED_TASKS if t in served)
+        self.streamed: tuple[str, ...] = tuple(t for t in self.tasks if t in TEXT_TASKS)
+        self._can_stream = True
 
     def describe(self) -> str:
         return f"model `{self.model_id}` behind the API at {self.client.base_url}"
@@ -75,6 +172,33 @@ class ApiBackend:
                 )
             output["mask"] = mask
         return output
+
+    def stream(self, task: str, image: Image.Image, fields: dict[str, str]) -> Iterator[Update]:
+        if self._can_stream:
+            text, output = "", None
+            try:
+                for chunk in self.client.chat_stream(
+                    f"{self.model_id}:{task}", image, text=fields.get(TASK_FIELDS.get(task, ""), "")
+                ):
+                    extra = chunk.get("biomedgpt")
+                    if isinstance(extra, dict) and isinstance(extra.get("output"), dict):
+                        output = dict(extra["output"])
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            text += piece
+                            yield text.strip(), None
+            except ApiError as err:
+                # Only a refusal of streaming itself, before any text, falls back to the whole answer.
+                if text or err.status not in (400, 422) or "stream" not in err.message:
+                    raise
+                self._can_stream = False
+            else:
+                output = output or {"text": text.strip()}
+                yield str(output.get("text", text.strip())), output
+                return
+        output = self.run(task, image, fields)
+        yield str(output.get("text", "")), output
 
 
 def served_tasks(model_ids: list[str]) -> tuple[str, tuple[str, ...]]:

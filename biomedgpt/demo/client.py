@@ -1,17 +1,21 @@
 """A small client for the BiomedGPT HTTP API (`biomedgpt serve`), standard library only.
 
-It speaks the task endpoints the demo needs: `POST /v1/tasks/{task}` (JSON with a base64 image and the task's
-field), `GET /v1/models` and `GET /ready`. A 4xx/5xx answer becomes an `ApiError` carrying the server's own
-message, so the demo can show it; an unreachable server is an `ApiError` with status 503.
+It speaks the endpoints the demo needs: `POST /v1/tasks/{task}` (JSON with a base64 image and the task's
+field), `POST /v1/chat/completions` streamed (server-sent events, OpenAI's chunks), `GET /v1/models` and
+`GET /ready`. A 4xx/5xx answer becomes an `ApiError` carrying the server's own message, so the demo can show it;
+an unreachable server is an `ApiError` with status 503.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import io
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from PIL import Image
@@ -68,8 +72,58 @@ class ApiClient:
             payload["num_beams"] = num_beams
         return self._request("POST", f"/v1/tasks/{task}", payload)
 
+    def chat_stream(
+        self, model: str, image: Image.Image, *, text: str = "", max_tokens: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """`POST /v1/chat/completions` with `stream: true`, one user message (`text`, if any, and the image as a
+        PNG data URL): each chunk as it arrives, until `data: [DONE]`. An error event is an `ApiError`."""
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        content.append(
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + encode_png(image)}}
+        )
+        payload: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "stream": True,
+        }
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        with self._open("POST", "/v1/chat/completions", payload, accept="text/event-stream") as response:
+            try:
+                for raw in response:  # one line at a time, as the server flushes them
+                    line = raw.decode("utf-8").strip()
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:`/`id:` fields
+                    data = line[len("data:") :].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if isinstance(chunk, dict) and "error" in chunk:
+                        raise ApiError(error_message(data.encode(), 500), status=500)
+                    yield chunk
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                raise ApiError(f"the API at {self.base_url} stopped streaming: {err}", status=502) from None
+        raise ApiError("the API's stream ended without [DONE]", status=502)
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        headers = {"Accept": "application/json"}
+        with self._open(method, path, payload) as response:
+            try:
+                raw = response.read()
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                raise ApiError(f"the API at {self.base_url} stopped answering: {err}", status=503) from None
+        return json.loads(raw) if raw else {}
+
+    @contextlib.contextmanager
+    def _open(
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        accept: str = "application/json",
+    ) -> Iterator[http.client.HTTPResponse]:
+        """The open response to one request; a 4xx/5xx or an unreachable server is an `ApiError`."""
+        headers = {"Accept": accept}
         data = None
         if payload is not None:
             data = json.dumps(payload).encode()
@@ -78,14 +132,14 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
+            response = urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as err:
             raise ApiError(error_message(err.read(), err.code), status=err.code) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
             reason = getattr(err, "reason", err)
             raise ApiError(f"the API at {self.base_url} cannot be reached: {reason}", status=503) from None
-        return json.loads(raw) if raw else {}
+        with response:
+            yield response
 
 
 def error_message(raw: bytes, status: int) -> str:

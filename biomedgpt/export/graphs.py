@@ -3,7 +3,8 @@ in length (so requests can join and leave a running batch at any step).
 
 Layout (names follow HF optimum; shapes (batch, heads, seq, head_dim)):
 
-    encoder:  input_ids (B, T) int64, attention_mask (B, T) int64, patch_images (B, 3, H, W) float32
+    encoder:  input_ids (B, T) int64, attention_mask (B, T) int64, patch_images (B, 3, H, W) float32,
+              patch_masks (B,) bool   False: the sample has no image (its image tokens are masked, as in OFA)
           ->  encoder_attention_bias (B, S)   0 for tokens, -inf for padding (S = H/16 * W/16 + T)
               cross_position_keys (1, Hd, S, hd)   OFA's cross-attention position keys (same for every sample)
               present.{i}.encoder.key / .value (B, Hd, S, hd)   every decoder layer's cross-attention keys/values
@@ -53,9 +54,15 @@ class EncoderGraph(nn.Module):
         self.num_heads = model.config.decoder_attention_heads
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, patch_images: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        patch_images: torch.Tensor,
+        patch_masks: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        out = self.encoder(input_ids, attention_mask=attention_mask, patch_images=patch_images)
+        out = self.encoder(
+            input_ids, attention_mask=attention_mask, patch_images=patch_images, patch_masks=patch_masks
+        )
         states = out.last_hidden_state  # (B, S, D)
         bias = torch.zeros(out.padding_mask.shape, dtype=states.dtype).masked_fill(
             out.padding_mask, float("-inf")

@@ -127,6 +127,7 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     input_ids = torch.full((2, 5), 4, dtype=torch.long)
     attention_mask = torch.ones_like(input_ids)
     pixels = torch.zeros(2, 3, size, size)
+    patch_masks = torch.tensor([True, False])  # an image and a text-only sample
     encoder = EncoderGraph(model).eval()
     decoder = DecoderStepGraph(model).eval()
     # SDPA's math kernel during tracing: its output strides are the ones the ONNX decomposition produces
@@ -134,21 +135,22 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     with sdpa_kernel(SDPBackend.MATH):
         torch.onnx.export(
             encoder,
-            (input_ids, attention_mask, pixels),
+            (input_ids, attention_mask, pixels, patch_masks),
             str(directory / "encoder.onnx"),
             dynamo=True,
-            input_names=["input_ids", "attention_mask", "patch_images"],
+            input_names=["input_ids", "attention_mask", "patch_images", "patch_masks"],
             output_names=["encoder_attention_bias", "cross_position_keys", *present_names(layers, "encoder")],
             dynamic_shapes={
                 "input_ids": {0: batch, 1: text},
                 "attention_mask": {0: batch, 1: text},
                 "patch_images": {0: batch, 2: 16 * grid_h, 3: 16 * grid_w},
+                "patch_masks": {0: batch},
             },
             opset_version=opset,
             external_data=False,
             verbose=False,
         )
-        bias, position_keys, *cross = encoder(input_ids, attention_mask, pixels)
+        bias, position_keys, *cross = encoder(input_ids, attention_mask, pixels, patch_masks)
         past_values = []
         for i in range(layers):
             past_values += [

@@ -46,20 +46,24 @@ def check_parity(
             ]
             attention_mask[i, :n] = 1
         pixels = rng.uniform(-1, 1, size=(batch, 3, side, side)).astype(np.float32)
+        patch_masks = np.arange(batch) != 1  # the second sample of a batch is text-only (OFA's patch_masks)
         targets = rng.integers(*text_ids, size=(batch, steps))
         targets[:, 0] = engine.special_ids.decoder_start
         case: dict[str, Any] = {"batch": batch, "image_size": side}
         with torch.no_grad():
             ref_enc = [
                 t.numpy()
-                for t in encoder(*(torch.from_numpy(a) for a in (input_ids, attention_mask, pixels)))
+                for t in encoder(
+                    *(torch.from_numpy(a) for a in (input_ids, attention_mask, pixels, patch_masks))
+                )
             ]
-            ort_enc = engine.encode(input_ids, attention_mask, pixels)
+            ort_enc = engine.encode(input_ids, attention_mask, pixels, patch_masks)
             case["encoder_max_abs_diff"] = max(_diff(r, o) for r, o in zip(ref_enc, ort_enc))
             full = model(
                 input_ids=torch.from_numpy(input_ids),
                 attention_mask=torch.from_numpy(attention_mask),
                 patch_images=torch.from_numpy(pixels),
+                patch_masks=torch.from_numpy(patch_masks),
                 decoder_input_ids=torch.from_numpy(targets),
             ).logits.numpy()  # (B, steps, V): the uncached forward pass
         step = OrtDecoderStep(engine, ort_enc[0], ort_enc[1], ort_enc[2:])

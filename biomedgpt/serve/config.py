@@ -2,7 +2,7 @@
 
 Precedence (later wins): field defaults < `-c` YAML files < `BIOMEDGPT_SERVE_<FIELD>` environment variables <
 `KEY=VALUE` overrides and flags. Environment variables let a container set any field without a config file
-(DESIGN 6; `serving/` and `k8s/` use them); the API key may also come from `BIOMEDGPT_API_KEY`. A bad value
+(`serving/` and `k8s/` use them); the API key may also come from `BIOMEDGPT_API_KEY`. A bad value
 names the variable it came from. Light on purpose: no torch, no web code.
 """
 
@@ -62,10 +62,18 @@ class ServeConfig:
     metrics_public: bool = False
     """Serve /metrics without the key (for a scraper that cannot send one). Off, /metrics needs the key when a
     key is set; /health and /ready never need it."""
+    batching: Literal["continuous", "request"] = "continuous"
+    """continuous: requests join the running decode batch at any step and leave it the step they finish
+    (`max_running`, `max_tokens_in_flight`); request: requests arriving together are decoded as one batch until
+    its longest ends (`max_batch_size`, `max_wait_ms`)."""
+    max_running: int = 32
+    """continuous: most decoder rows running at once (a beam-search request holds one per beam)."""
+    max_tokens_in_flight: int = 16384
+    """continuous: most decoder positions reserved by running requests (rows x (prefix + max new tokens))."""
     max_batch_size: int = 8
-    """Most requests decoded together in one engine call (dynamic batching)."""
+    """request: most requests decoded together in one engine call."""
     max_wait_ms: float = 5.0
-    """How long the batcher waits after the first request of a batch for others to join it."""
+    """request: how long the batcher waits after the first request of a batch for others to join it."""
     max_queue: int = 256
     """Requests waiting for the engine; beyond that the server answers 503 with Retry-After."""
     max_body_bytes: int = 10 * 1024 * 1024
@@ -111,6 +119,7 @@ class ServeConfig:
         check(self.api_key is None or bool(self.api_key.strip()), "api_key", "must not be empty (use null)")
         for name in (
             "max_batch_size",
+            "max_running",
             "max_queue",
             "max_body_bytes",
             "max_image_pixels",
@@ -135,6 +144,16 @@ class ServeConfig:
             "int8 graphs are served by the onnxruntime engine only",
         )
         check(self.max_wait_ms >= 0, "max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
+        check(
+            self.max_running >= self.max_beams,
+            "max_running",
+            f"must be >= max_beams ({self.max_beams}): a beam-search request holds one row per beam",
+        )
+        check(
+            self.max_tokens_in_flight >= self.max_new_tokens,
+            "max_tokens_in_flight",
+            f"must be >= max_new_tokens ({self.max_new_tokens}), got {self.max_tokens_in_flight}",
+        )
         check(self.request_timeout_s > 0, "request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
         check(
             self.num_threads is None or self.num_threads >= 1,
@@ -155,6 +174,14 @@ class ServeConfig:
             max_new_tokens=self.max_new_tokens,
             max_image_pixels=self.max_image_pixels,
             max_beams=self.max_beams,
+        )
+
+    def scheduler_limits(self) -> Any:
+        """The continuous batcher's `SchedulerLimits` these settings imply."""
+        from biomedgpt.serve.scheduler import SchedulerLimits
+
+        return SchedulerLimits(
+            max_rows=self.max_running, max_tokens=self.max_tokens_in_flight, max_queue=self.max_queue
         )
 
     def image_limits(self) -> Any:

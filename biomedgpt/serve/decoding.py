@@ -1,11 +1,14 @@
-"""Greedy and beam search in numpy around any one-step decoder: the loop the ONNX Runtime engine runs.
+"""Decoding settings, and a fixed batch decoded in numpy around any one-step decoder.
 
-ONNX Runtime has no generation operator for a custom encoder-decoder (DESIGN.md section 6), so decoding runs
-here, with the same rules as the PyTorch loop (`biomedgpt.model.generation`): token-range restriction, the
-closed-set `AnswerTrie`, `min_new_tokens`, `no_repeat_ngram_size`, beam search with a length penalty
-(score / length ** penalty, as transformers), and forced decoder prefixes (`decoder_prefixes`: BiomedGPT's
-VQA models read the question again in the decoder before the answer, OFA's `--prompt-type prev_output`). Greedy and beam outputs are tested equal to the PyTorch loop on
-the same weights (`tests/integration/test_export_onnx.py`). No torch here.
+ONNX Runtime has no generation operator for a custom encoder-decoder, so decoding runs here, with the same
+rules as the PyTorch loop (`biomedgpt.model.generation`): token-range restriction, the closed-set
+`AnswerTrie`, `min_new_tokens`, `no_repeat_ngram_size`, beam search with a length penalty (score / length **
+penalty, as transformers), forced decoder prefixes (`decoder_prefixes`: BiomedGPT's VQA models read the
+question again in the decoder before the answer, OFA's `--prompt-type prev_output`), and sampling. The rules
+live in `sequences.py`, one request at a time; `decode` drives a fixed batch of them (the export's parity
+check), and the server's `scheduler.Scheduler` drives requests that join and leave at any step. Greedy and
+beam outputs are tested equal to the PyTorch loop on the same weights (`tests/integration/test_export_onnx.py`).
+No torch here.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from biomedgpt.model.constraints import AnswerTrie
-from biomedgpt.serve.sequences import Constraints, Sequence, log_softmax, new_sequence
+from biomedgpt.serve.sequences import Constraints, Sequence, log_softmax, logsumexp, new_sequence
 
 
 @dataclass(kw_only=True)
@@ -100,11 +103,13 @@ def decode(decoder: StepDecoder, *, batch: int, spec: DecodeSpec, ids: SpecialId
     width = sequences[0].rows
     while True:
         logits = decoder.step(np.concatenate([s.inputs for s in sequences])[:, None])
+        lse = logsumexp(logits)
         order, moved = np.arange(batch * width), False
         for b, sequence in enumerate(sequences):
             if sequence.done:
                 continue
-            parents = sequence.advance(logits[b * width : (b + 1) * width])
+            rows = slice(b * width, (b + 1) * width)
+            parents = sequence.advance(logits[rows], lse[rows])
             if parents is not None:
                 order[b * width : (b + 1) * width] = b * width + parents
                 moved = True

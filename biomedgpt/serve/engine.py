@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,10 +36,15 @@ from biomedgpt.hashing import verify_files
 from biomedgpt.model.constraints import AnswerTrie, decoder_prefix
 from biomedgpt.model.image_processing import BiomedGPTImageProcessor
 from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
+from biomedgpt.serve.scheduler import Job, Scheduler, SchedulerLimits
+from biomedgpt.serve.sequences import Constraints, new_sequence
 from biomedgpt.serve.tokenizer import ServeTokenizer
 from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS, RequestError, TaskRequest, TaskResult
 
 log = logging.getLogger(__name__)
+
+TEXT_ONLY_TASKS = ("caption", "report", "vqa", "classification")
+"""Tasks a request without an image may ask for: their answer is text (boxes and masks need an image)."""
 
 
 @dataclass(kw_only=True)
@@ -65,6 +69,8 @@ class RequestPlan:
     max_new_tokens: int
     num_beams: int
     use_trie: bool
+    token_cap: int = 0
+    """The largest `max_new_tokens` this request may ask for: the server's cap, less a forced decoder prefix."""
 
 
 @dataclass
@@ -74,18 +80,11 @@ class Prepared:
     request: TaskRequest
     prompt: str
     prompt_ids: list[int]
-    pixels: np.ndarray  # (3, S, S)
+    pixels: np.ndarray | None  # (3, S, S); None: a text-only request (no image part)
     orig_size: tuple[int, int]  # (width, height) of the input image
     max_new_tokens: int
     num_beams: int
     use_trie: bool
-
-    @property
-    def group_key(self) -> tuple:
-        # Greedy rows of one task share a batch whatever their length budget (each is cut to its own);
-        # beam search needs the same budget for every row.
-        beam_len = self.max_new_tokens if self.num_beams > 1 else 0
-        return (self.request.task, self.num_beams, self.use_trie, beam_len)
 
 
 # What every engine reads from a model folder (each backend adds its own); checked against manifest.json.
@@ -126,6 +125,7 @@ class Engine(abc.ABC):
         # Tasks whose decoder reads the prompt again before the answer (BiomedGPT's VQA: prev_output).
         self.decoder_prefix: dict[str, str] = dict(serving.get("decoder_prefix") or {})
         self._tries: dict[str, AnswerTrie] = {}
+        self._allowed_masks: dict[str, np.ndarray] = {}
         layout = self.tokenizer.layout
         self.special_ids = SpecialIds(
             pad=layout.pad_id, bos=layout.bos_id, eos=layout.eos_id, decoder_start=layout.bos_id
@@ -181,7 +181,11 @@ class Engine(abc.ABC):
                 f"the prompt has {len(prompt_ids)} tokens, more than the limit of {self.limits.max_prompt_tokens}",
                 field="prompt",
             )
-        cap = min(self.limits.max_new_tokens, self.max_target_positions - 1)
+        # The decoder positions left after its start token and any forced prefix (VQA's question).
+        mode = self.decoder_prefix.get(request.task)
+        ids = self.special_ids
+        prefix = len(decoder_prefix(prompt_ids, mode, bos=ids.bos, eos=ids.eos)) if mode else 0
+        cap = max(1, min(self.limits.max_new_tokens, self.max_target_positions - 1 - prefix))
         # A request that names no budget gets the task's default, cut to the server's cap (segmentation's
         # default can exceed a small cap); one that names a budget above the cap is refused.
         max_new = (
@@ -192,20 +196,37 @@ class Engine(abc.ABC):
         if not 1 <= max_new <= cap:
             raise RequestError(f"max_new_tokens must be in 1..{cap}, got {max_new}", field="max_new_tokens")
         beams = request.num_beams if request.num_beams is not None else self.defaults.num_beams
+        if request.sampling is not None:
+            if request.num_beams not in (None, 1):
+                raise RequestError("sampling decodes one beam: num_beams must be 1", field="num_beams")
+            beams = 1
         if not 1 <= beams <= self.limits.max_beams:
             raise RequestError(
                 f"num_beams must be in 1..{self.limits.max_beams}, got {beams}", field="num_beams"
             )
         use_trie = task.closed_set and bool(self.answers.get(task.name)) and request.closed_set is not False
-        return RequestPlan(prompt, prompt_ids, max_new, beams, use_trie)
+        return RequestPlan(prompt, prompt_ids, max_new, beams, use_trie, token_cap=cap)
 
     def prepare(self, request: TaskRequest) -> Prepared:
-        """`plan` the request, then check and preprocess its image; `RequestError` (4xx) names what is wrong."""
+        """`plan` the request, then check and preprocess its image (none: a text-only request, for the tasks in
+        `TEXT_ONLY_TASKS`); `RequestError` (4xx) names what is wrong."""
         from biomedgpt.tasks import get_task
 
         plan = self.plan(request)
         if request.image is None:
-            raise RequestError("the request has no image", field="image")
+            # Text only, as OFA runs text tasks: the encoder sees the prompt and no image (patch_masks off).
+            if request.task not in TEXT_ONLY_TASKS:
+                raise RequestError(f"task {request.task} needs an image", field="image")
+            return Prepared(
+                request,
+                plan.prompt,
+                plan.prompt_ids,
+                None,
+                (self.image_size, self.image_size),
+                plan.max_new_tokens,
+                plan.num_beams,
+                plan.use_trie,
+            )
         width, height = request.orig_size or request.image.size
         if width * height > self.limits.max_image_pixels:
             raise RequestError(
@@ -243,45 +264,72 @@ class Engine(abc.ABC):
         return self.defaults.max_new_tokens
 
     # --- running -----------------------------------------------------------------------------------
-    def run(self, items: list[Prepared]) -> list[TaskResult]:
-        """Decode prepared requests (any mix of tasks), batched by decoding settings; results in input order."""
-        results: list[TaskResult | None] = [None] * len(items)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[item.group_key].append(i)
-        for indices in groups.values():
-            group = [items[i] for i in indices]
-            for i, result in zip(indices, self._run_group(group)):
-                results[i] = result
-        return results  # type: ignore[return-value]
+    def step_model(self):
+        """The model behind the scheduler's two calls (`scheduler.StepModel`)."""
+        return self
 
-    def __call__(self, request: TaskRequest) -> TaskResult:
-        """Validate and run one request (the demo and tests; the server batches through `run`)."""
-        return self.run([self.prepare(request)])[0]
-
-    def _run_group(self, group: list[Prepared]) -> list[TaskResult]:
+    def spec(self, item: Prepared) -> DecodeSpec:
+        """How `item` decodes: its task's token range and answer trie, its budget, beams or sampling."""
         from biomedgpt.tasks import get_task
 
-        first = group[0]
-        task = get_task(first.request.task)
-        spec = DecodeSpec(
-            max_new_tokens=max(item.max_new_tokens for item in group),
-            num_beams=first.num_beams,
+        task = get_task(item.request.task)
+        sampling = item.request.sampling
+        return DecodeSpec(
+            max_new_tokens=item.max_new_tokens,
+            num_beams=item.num_beams,
             length_penalty=self.defaults.length_penalty,
             no_repeat_ngram_size=self.defaults.no_repeat_ngram_size,
-            allowed_tokens=task.allowed_token_mask(self.tokenizer.layout),
-            trie=self._trie(task) if first.use_trie else None,
-            decoder_prefixes=self._decoder_prefixes(task.name, group),
+            allowed_tokens=self._allowed(task),
+            trie=self._trie(task) if item.use_trie else None,
+            do_sample=sampling is not None,
+            temperature=sampling.temperature if sampling else 1.0,
+            top_p=sampling.top_p if sampling else 1.0,
+            top_k=sampling.top_k if sampling else 0,
+            seed=sampling.seed if sampling else None,
         )
-        width = max(len(item.prompt_ids) for item in group)
-        input_ids = np.full((len(group), width), self.special_ids.pad, dtype=np.int64)
-        attention_mask = np.zeros((len(group), width), dtype=np.int64)
-        for i, item in enumerate(group):
-            input_ids[i, : len(item.prompt_ids)] = item.prompt_ids
-            attention_mask[i, : len(item.prompt_ids)] = 1
-        pixels = np.stack([item.pixels for item in group]).astype(np.float32)
-        sequences, scores = self._decode(input_ids, attention_mask, pixels, spec)
-        return [self._result(task, item, row, float(s)) for item, row, s in zip(group, sequences, scores)]
+
+    def job(self, item: Prepared, **callbacks: Any) -> Job:
+        """`item` as a scheduler job (`on_tokens`, `on_done` callbacks as the scheduler's `Job` takes them)."""
+        spec = self.spec(item)
+        mode = self.decoder_prefix.get(item.request.task)
+        ids = self.special_ids
+        prefix = decoder_prefix(item.prompt_ids, mode, bos=ids.bos, eos=ids.eos) if mode else None
+        sequence = new_sequence(
+            spec, ids, constraints=Constraints(spec, ids, self.vocab_size), prefix=prefix, seed=spec.seed
+        )
+        return Job(
+            input_ids=np.asarray(item.prompt_ids, dtype=np.int64),
+            pixels=item.pixels,
+            sequence=sequence,
+            **callbacks,
+        )
+
+    def result(self, item: Prepared, job: Job) -> TaskResult:
+        """The structured answer of a finished job."""
+        from biomedgpt.tasks import get_task
+
+        tokens, score = job.sequence.result()
+        return self._result(get_task(item.request.task), item, np.asarray(tokens, dtype=np.int64), score)
+
+    def run(self, items: list[Prepared], *, max_rows: int = 64) -> list[TaskResult]:
+        """Decode prepared requests (any mix of tasks and decoding modes) together, through the same
+        continuous-batching scheduler the server runs; results in input order."""
+        jobs = [self.job(item) for item in items]
+        rows = min(max_rows, sum(job.sequence.rows for job in jobs))
+        limits = SchedulerLimits(
+            max_rows=max(rows, *(job.sequence.rows for job in jobs)),
+            max_tokens=sum(job.reserved_tokens for job in jobs),
+            max_queue=len(jobs),
+        )
+        Scheduler(self.step_model(), limits).run(jobs)
+        for job in jobs:
+            if job.error is not None:
+                raise job.error
+        return [self.result(item, job) for item, job in zip(items, jobs)]
+
+    def __call__(self, request: TaskRequest) -> TaskResult:
+        """Validate and run one request (the demo and tests; the server submits to its scheduler)."""
+        return self.run([self.prepare(request)])[0]
 
     def _result(self, task, item: Prepared, row: np.ndarray, score: float) -> TaskResult:
         eos, pad = self.special_ids.eos, self.special_ids.pad
@@ -296,12 +344,10 @@ class Engine(abc.ABC):
             output["score"] = math.exp(score) if item.num_beams == 1 else None
         return TaskResult(task=task.name, prompt=item.prompt, output=output, tokens=tokens, score=score)
 
-    def _decoder_prefixes(self, task: str, group: list[Prepared]) -> list[list[int]] | None:
-        mode = self.decoder_prefix.get(task)
-        if not mode:
-            return None
-        ids = self.special_ids
-        return [decoder_prefix(item.prompt_ids, mode, bos=ids.bos, eos=ids.eos) for item in group]
+    def _allowed(self, task) -> np.ndarray:
+        if task.name not in self._allowed_masks:
+            self._allowed_masks[task.name] = task.allowed_token_mask(self.tokenizer.layout)
+        return self._allowed_masks[task.name]
 
     def _trie(self, task) -> AnswerTrie:
         if task.name not in self._tries:

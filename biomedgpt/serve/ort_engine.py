@@ -66,6 +66,12 @@ class OrtEngine(Engine):
         self.num_heads = config["decoder_attention_heads"]
         self.head_dim = config["d_model"] // self.num_heads
         self.max_target_positions = config["max_target_positions"]
+        self.past_names = [
+            f"past_key_values.{i}.{part}.{kv}"
+            for i in range(self.num_layers)
+            for part in ("decoder", "encoder")
+            for kv in ("key", "value")
+        ]
 
     @classmethod
     def model_files(cls, model_dir: Path, *, precision: str = "fp32", **options: Any) -> list[str]:
@@ -75,7 +81,11 @@ class OrtEngine(Engine):
         return {"precision": self.precision}
 
     def encode(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        pixels: np.ndarray,
+        patch_masks: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """-> [encoder_attention_bias, cross_position_keys, present.{i}.encoder.key/value ...]."""
         return self.encoder.run(
@@ -84,8 +94,27 @@ class OrtEngine(Engine):
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
                 "patch_images": pixels.astype(np.float32),
+                "patch_masks": np.ones(len(input_ids), dtype=bool) if patch_masks is None else patch_masks,
             },
         )
+
+    def decode_step(
+        self,
+        input_ids: np.ndarray,
+        cache_lengths: np.ndarray,
+        encoder_attention_bias: np.ndarray,
+        cross_position_keys: np.ndarray,
+        past: list[np.ndarray],
+    ) -> list[np.ndarray]:
+        """One step of the decoder graph over rows of any lengths (the scheduler's `StepModel`)."""
+        feeds = {
+            "input_ids": input_ids.astype(np.int64, copy=False),
+            "cache_lengths": cache_lengths,
+            "encoder_attention_bias": encoder_attention_bias,
+            "cross_position_keys": cross_position_keys,
+            **dict(zip(self.past_names, past)),
+        }
+        return self.decoder.run(None, feeds)
 
     def _decode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, spec: DecodeSpec

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from biomedgpt.serve.sequences import Sequence
+from biomedgpt.serve.sequences import Sequence, logsumexp
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,13 @@ class StepModel(Protocol):
     num_heads: int
     head_dim: int
     max_target_positions: int
+    image_size: int
 
     def encode(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, patch_masks: np.ndarray
     ) -> list[np.ndarray]:
-        """-> [encoder_attention_bias (B, S), cross_position_keys (1, H, S, hd), cross k/v per layer (B, H, S, hd)]."""
+        """-> [encoder_attention_bias (B, S), cross_position_keys (1, H, S, hd), cross k/v per layer (B, H, S, hd)];
+        `patch_masks` (B,) bool: False for a sample without an image (zeros in `pixels`, masked as OFA masks it)."""
 
     def decode_step(
         self,
@@ -70,7 +72,7 @@ class Job:
     """One request: its encoder inputs, its sequence, and where its tokens and result go."""
 
     input_ids: np.ndarray  # (T,) int64, the prompt with <s> and </s>
-    pixels: np.ndarray  # (3, S, S) float32
+    pixels: np.ndarray | None  # (3, S, S) float32; None: a text-only request
     sequence: Sequence
     on_tokens: Callable[[list[int]], None] | None = None
     """Called from the scheduler's thread with the tokens each step added (streaming)."""
@@ -83,6 +85,8 @@ class Job:
     finished: float | None = None
     first_token: float | None = None
     slots: np.ndarray | None = None
+    batch_rows: int = 0
+    """The most rows decoded together in one step while this job ran."""
 
     @property
     def reserved_tokens(self) -> int:
@@ -325,9 +329,11 @@ class Scheduler:
         if self.on_step is not None:
             self.on_step(self.slots.used, time.perf_counter() - started)
         finished = []
+        lse = logsumexp(logits)  # (rows,): one pass for the whole step
         for job in self.running:
+            job.batch_rows = max(job.batch_rows, len(logits))
             sequence = job.sequence
-            parents = sequence.advance(logits[job.slots])
+            parents = sequence.advance(logits[job.slots], lse[job.slots])
             if parents is not None and not np.array_equal(parents, np.arange(len(parents))):
                 self.slots.move(job.slots[parents], job.slots)
             if sequence.emitted:
@@ -370,8 +376,16 @@ class Scheduler:
         for i, job in enumerate(jobs):
             input_ids[i, : len(job.input_ids)] = job.input_ids
             attention_mask[i, : len(job.input_ids)] = 1
-        pixels = np.stack([job.pixels for job in jobs]).astype(np.float32, copy=False)
-        encoded = self.model.encode(input_ids, attention_mask, pixels)
+        shape = next((job.pixels.shape for job in jobs if job.pixels is not None), None)
+        if shape is None:
+            shape = (3, self.model.image_size, self.model.image_size)
+        pixels = np.stack(
+            [job.pixels if job.pixels is not None else np.zeros(shape, np.float32) for job in jobs]
+        )
+        patch_masks = np.asarray([job.pixels is not None for job in jobs])
+        encoded = self.model.encode(
+            input_ids, attention_mask, pixels.astype(np.float32, copy=False), patch_masks
+        )
         now = time.perf_counter()
         for i, job in enumerate(jobs):
             job.slots = self.slots.add(encoded, i, job.sequence.rows)

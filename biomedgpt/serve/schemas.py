@@ -1,11 +1,13 @@
 """Request bodies of the HTTP API as pydantic models: they validate input and document it in /openapi.json.
 
 Unknown fields are errors (a typo such as `max_new_token` must not be silently ignored); the chat body accepts
-the OpenAI parameters a client commonly sends even where they change nothing here: decoding is greedy or beam
-search, deterministic, so `temperature`, `top_p`, `presence_penalty` and `frequency_penalty` are checked against
-OpenAI's ranges (a value outside answers 422 naming the parameter) and otherwise ignored. `stop` is applied: the
-answer is cut before the first stop string. Text lengths are checked by the app against
-`ServeConfig.max_text_chars` (`check_text_lengths`), so the limit is configurable and its message names it.
+the OpenAI parameters a client commonly sends. `temperature`, `top_p`, `top_k` (an extension) and `seed` choose
+sampling (`openai_compat.py`); `presence_penalty` and `frequency_penalty` are checked against OpenAI's ranges (a
+value outside answers 422 naming the parameter) and otherwise ignored. `stop` is applied: the answer is cut
+before the first stop string. Features this model has not (`tools`, `logprobs`, `response_format` other than
+text, `reasoning_effort`, ...) are accepted by the schema so that `openai_compat.refuse_unsupported` can answer
+a 400 naming them. Text lengths are checked by the app against `ServeConfig.max_text_chars`
+(`check_text_lengths`), so the limit is configurable and its message names it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class TaskBody(BaseModel):
     )
     mask_format: MaskFormat = Field(
         default="png", description="segmentation masks as base64 PNG, COCO RLE or both"
+    )
+    stream: bool | None = Field(
+        default=None,
+        description="not on this route: true answers 400; stream with /v1/chat/completions (`<model_id>:<task>`)",
     )
 
 
@@ -91,18 +97,27 @@ def ranged(low: float, high: float, description: str) -> Any:
     return Field(default=None, description=description, json_schema_extra={"minimum": low, "maximum": high})
 
 
-IGNORED = "accepted in OpenAI's range and ignored: decoding here is deterministic (greedy or beam search)"
+IGNORED = "accepted in OpenAI's range and ignored"
+UNSUPPORTED = "not supported by this model: any value but the default answers 400 naming the parameter"
 Temperature = Annotated[float | None, in_range(0.0, 2.0)]
 TopP = Annotated[float | None, in_range(0.0, 1.0)]
 Penalty = Annotated[float | None, in_range(-2.0, 2.0)]
 StopList = Annotated[list[str], Field(min_length=1, max_length=MAX_STOP_STRINGS)]
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool | None = Field(
+        default=None, description="a last chunk with `usage` (and no choices) before `data: [DONE]`"
+    )
+
+
 class ChatMessage(BaseModel):
     # History messages may carry fields of other features (tool calls, refusals): they are ignored.
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
@@ -116,12 +131,22 @@ class ChatBody(BaseModel):
         max_length=256, description="`<model_id>` (free instruction) or `<model_id>:<task>` (see /v1/models)"
     )
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(
+        default=None,
+        description="at least 1; a budget above what the model can produce is clamped to it (the applied budget "
+        "is `biomedgpt.max_tokens` and the X-BiomedGPT-Max-Tokens header)",
+    )
     max_completion_tokens: int | None = Field(default=None, description="wins over max_tokens")
-    stream: bool | None = Field(default=False, description="streaming is not supported: must be false")
-    n: int | None = Field(default=1, description="must be 1")
-    temperature: Temperature = ranged(0.0, 2.0, f"0 to 2; {IGNORED}")
-    top_p: TopP = ranged(0.0, 1.0, f"0 to 1; {IGNORED}")
+    stream: bool | None = Field(default=False, description="server-sent `chat.completion.chunk` events")
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=1, description="choices, 1 to 8; above 1 needs sampling (temperature > 0)")
+    temperature: Temperature = ranged(
+        0.0, 2.0, "0 to 2; 0 or absent: greedy (or beam search), above 0: sampling"
+    )
+    top_p: TopP = ranged(0.0, 1.0, "0 to 1; below 1 samples from the nucleus (temperature 1 unless given)")
+    top_k: int | None = Field(
+        default=None, ge=0, description="an extension: sample from the k likeliest tokens (0: off)"
+    )
     presence_penalty: Penalty = ranged(-2.0, 2.0, f"-2 to 2; {IGNORED}")
     frequency_penalty: Penalty = ranged(-2.0, 2.0, f"-2 to 2; {IGNORED}")
     stop: str | StopList | None = Field(
@@ -129,9 +154,24 @@ class ChatBody(BaseModel):
         description=f"up to {MAX_STOP_STRINGS} non-empty strings: the answer is cut before the first one found "
         '(finish_reason "stop"); the `biomedgpt.output` field keeps the whole parsed output',
     )
-    seed: int | None = None
+    seed: int | None = Field(default=None, description="the same seed gives the same sampled tokens")
     user: str | None = Field(default=None, max_length=256)
-    stream_options: dict[str, Any] | None = None
+    tools: Any = Field(default=None, description=UNSUPPORTED)
+    tool_choice: Any = Field(default=None, description=f'{UNSUPPORTED} ("none" is accepted)')
+    functions: Any = Field(default=None, description=UNSUPPORTED)
+    function_call: Any = Field(default=None, description=f'{UNSUPPORTED} ("none" is accepted)')
+    parallel_tool_calls: bool | None = Field(default=None, description="accepted and ignored (no tools here)")
+    logprobs: bool | None = Field(default=None, description=f"{UNSUPPORTED} (false is accepted)")
+    top_logprobs: int | None = Field(default=None, description=f"{UNSUPPORTED} (0 is accepted)")
+    response_format: Any = Field(default=None, description=f'{UNSUPPORTED} ({{"type": "text"}} is accepted)')
+    reasoning_effort: Any = Field(default=None, description=UNSUPPORTED)
+    reasoning: Any = Field(default=None, description=UNSUPPORTED)
+    logit_bias: Any = Field(default=None, description=f"{UNSUPPORTED} ({{}} is accepted)")
+    modalities: Any = Field(default=None, description=f'{UNSUPPORTED} (["text"] is accepted)')
+    audio: Any = Field(default=None, description=UNSUPPORTED)
+    metadata: dict[str, Any] | None = Field(default=None, description="accepted and ignored")
+    store: bool | None = Field(default=None, description="accepted and ignored (nothing is stored)")
+    service_tier: str | None = Field(default=None, max_length=64, description="accepted and ignored")
     task: str | None = Field(
         default=None, max_length=64, description="pins the task, like a `:task` suffix on the model"
     )

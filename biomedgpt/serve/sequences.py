@@ -31,9 +31,13 @@ if TYPE_CHECKING:
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float32, copy=False)
+    return logits - logsumexp(logits)[..., None]
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """(..., V) -> (...): one pass over a whole step's rows (the scheduler computes it once per step)."""
     top = logits.max(axis=-1, keepdims=True)
-    shifted = logits - top
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return (np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)) + top)[..., 0]
 
 
 class Constraints:
@@ -101,8 +105,9 @@ class Sequence:
     def _forced(self) -> int | None:
         return self.prefix[self.steps] if self.steps < len(self.prefix) else None
 
-    def advance(self, logits: np.ndarray) -> np.ndarray | None:
-        """Take this step's (rows, V) logits; -> the parent row of each row when rows must be reordered."""
+    def advance(self, logits: np.ndarray, lse: np.ndarray | None = None) -> np.ndarray | None:
+        """Take this step's (rows, V) logits (and their (rows,) log-sum-exp, when the caller has it); -> the
+        parent row of each row when rows must be reordered."""
         raise NotImplementedError
 
     def result(self) -> tuple[list[int], float]:
@@ -119,14 +124,15 @@ class GreedySequence(Sequence):
     def _choose(self, logprobs: np.ndarray) -> int:
         return int(logprobs.argmax())
 
-    def advance(self, logits: np.ndarray) -> None:
+    def advance(self, logits: np.ndarray, lse: np.ndarray | None = None) -> None:
         forced = self._forced()
         self.steps += 1
         self.emitted = []
         if forced is not None:
             self.inputs[0] = forced
             return None
-        logprobs = log_softmax(logits[0]) + self.constraints(len(self.tokens), [self.tokens])[0]
+        norm = logsumexp(logits[0]) if lse is None else lse[0]
+        logprobs = (logits[0] - norm) + self.constraints(len(self.tokens), [self.tokens])[0]
         token = self._choose(logprobs)
         self.score += float(logprobs[token])
         self.tokens.append(token)
@@ -184,10 +190,11 @@ class BeamSequence(Sequence):
             self.finished.sort(key=lambda h: -h[0])
         self.finish_reason = "length"
 
-    def advance(self, logits: np.ndarray) -> np.ndarray | None:
+    def advance(self, logits: np.ndarray, lse: np.ndarray | None = None) -> np.ndarray | None:
         beams, vocab, eos = self.rows, logits.shape[-1], self.ids.eos
         penalty = self.spec.length_penalty
-        logprobs = log_softmax(logits) + self.constraints(self.generated, self.history)
+        norm = logsumexp(logits) if lse is None else lse
+        logprobs = (logits - norm[:, None]) + self.constraints(self.generated, self.history)
         forced = self._forced()
         if forced is not None:
             logprobs = np.full_like(logprobs, -np.inf)

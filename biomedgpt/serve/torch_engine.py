@@ -54,6 +54,7 @@ class TorchEngine(Engine):
         self.model, _ = load_pretrained(model_dir, device=device)
         self.device = device
         self.max_target_positions = self.model.config.max_target_positions
+        self._step_model = None
 
     @classmethod
     def model_files(cls, model_dir: Path, **options: Any) -> list[str]:
@@ -74,6 +75,14 @@ class TorchEngine(Engine):
         from biomedgpt.eval.runner import resolve_checkpoint
 
         return super().verify_folder(resolve_checkpoint(model_dir), **options)
+
+    def step_model(self):
+        """The model's modules behind the scheduler's two calls (the graphs the ONNX export writes)."""
+        if self._step_model is None:
+            from biomedgpt.serve.torch_step import TorchStepModel
+
+            self._step_model = TorchStepModel(self.model, device=self.device)
+        return self._step_model
 
     def _decode(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray, spec: DecodeSpec

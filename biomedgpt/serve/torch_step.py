@@ -21,6 +21,7 @@ class TorchStepModel:
         self.num_heads = config.decoder_attention_heads
         self.head_dim = config.d_model // self.num_heads
         self.max_target_positions = config.max_target_positions
+        self.image_size = config.image_size
         self.encoder = EncoderGraph(model).eval()
         self.decoder = DecoderStepGraph(model).eval()
 
@@ -29,9 +30,20 @@ class TorchStepModel:
 
     @torch.no_grad()
     def encode(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, pixels: np.ndarray
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        pixels: np.ndarray,
+        patch_masks: np.ndarray | None = None,
     ) -> list[np.ndarray]:
-        outputs = self.encoder(self._tensor(input_ids), self._tensor(attention_mask), self._tensor(pixels))
+        if patch_masks is None:
+            patch_masks = np.ones(len(input_ids), dtype=bool)
+        outputs = self.encoder(
+            self._tensor(input_ids),
+            self._tensor(attention_mask),
+            self._tensor(pixels),
+            self._tensor(patch_masks),
+        )
         return [t.float().cpu().numpy() for t in outputs]
 
     @torch.no_grad()

@@ -23,6 +23,17 @@ class RequestError(ValueError):
         self.field = field
 
 
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """Sampling instead of greedy or beam search: temperature, then top-k, then top-p (nucleus); a seed makes
+    the tokens reproducible."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
 @dataclass(kw_only=True)
 class TaskRequest:
     """One inference request, validated by the HTTP layer's schema but not yet by the engine."""
@@ -40,6 +51,8 @@ class TaskRequest:
     num_beams: int | None = None
     closed_set: bool | None = None
     """Use the answer trie for closed-set tasks (default: yes when the model folder has answers)."""
+    sampling: Sampling | None = None
+    """Sample the answer (None: greedy, or beam search with `num_beams` > 1)."""
 
 
 @dataclass

@@ -109,6 +109,16 @@ def test_grounding_through_the_api(demo_client, image_path):
     assert status.startswith("Done in")
 
 
+def test_a_caption_streams_through_the_api(backend, image_path):
+    """Captions come over /v1/chat/completions with `stream: true`: the text grows chunk by chunk, then ends."""
+    assert "caption" in backend.streamed
+    with Image.open(image_path) as image:
+        updates = list(backend.stream("caption", image.convert("RGB"), {}))
+    *partial, (text, output) = updates
+    assert len(partial) >= 2 and all(out is None for _, out in partial), updates
+    assert partial[-1][0] == text == output["text"] and text
+
+
 def test_an_api_refusal_is_shown_as_a_message(demo_client, image_path):
     # Too many prompt tokens: the server answers 422 with its JSON error; the demo shows its message.
     answer, score, status = call(demo_client, "vqa", image_path, "why " * 300)

@@ -74,6 +74,44 @@ def test_closed_set_tasks_answer_from_the_list(demo_client, image_path, task, fi
     assert status.startswith("Done in")
 
 
+def test_a_caption_streams_into_the_page(demo_client, image_path):
+    """gradio_client's `submit` sees every update: the caption growing token by token, then its end."""
+    from gradio_client import handle_file
+
+    job = demo_client.submit(handle_file(str(image_path)), api_name="/caption")
+    final_text, final_status = job.result(timeout=120)
+    updates = job.outputs()
+    partial = [(text, status) for text, status in updates if status.startswith("Generating")]
+    assert len(partial) >= 2, updates  # more than one intermediate answer reached the client
+    assert all(text for text, _ in partial)
+    assert partial[-1][0] == final_text and final_status.startswith("Done in")
+    assert tuple(updates[-1]) == (final_text, final_status)
+
+
+@pytest.mark.parametrize(("task", "fields"), [("caption", {}), ("vqa", {"question": "is there a lesion?"})])
+def test_the_engine_backend_streams_the_decoded_text(engine, image_path, task, fields):
+    """Straight from the backend: the text of the tokens so far after each step, then the whole output, the
+    same as an unstreamed run gives."""
+    from biomedgpt.demo.backends import EngineBackend
+
+    backend = EngineBackend(engine)
+    try:
+        with Image.open(image_path) as image:
+            image = image.convert("RGB")
+        updates = list(backend.stream(task, image, fields))
+        whole = backend.run(task, image, fields)
+    finally:
+        backend.close()
+    *partial, (final_text, output) = updates
+    assert partial and all(out is None for _, out in partial)
+    assert output == whole and final_text == whole["text"]
+    assert partial[-1][0] == final_text  # the last step's decoded text is the answer
+    if task == "caption":
+        assert len({text for text, _ in partial}) >= 2  # it grew while decoding
+    else:
+        assert output["answer"] in ANSWERS[task] and 0.0 <= output["score"] <= 1.0
+
+
 def test_segmentation_overlay_keeps_the_input_size(demo_client, image_path):
     overlay, area, status = call(demo_client, "segmentation", image_path, "lesion")
     with Image.open(overlay) as drawn, Image.open(image_path) as source:

@@ -352,17 +352,38 @@ class GatedEngine(TorchEngine):
         self.gate.set()
         self.entered = threading.Event()
 
-    def run(self, items):
+    def run(self, items):  # the request-level batcher's call
         self.entered.set()
         assert self.gate.wait(30)
         if any("explode" in item.prompt for item in items):
             raise RuntimeError("simulated engine failure")
         return super().run(items)
 
+    def step_model(self):  # the continuous batcher's: the gate and the failure sit in the encoder call
+        engine, inner = self, super().step_model()
+        explode = self.tokenizer.encode_prompt(" explode now")[1:-1]
 
-def test_queue_overflow_timeouts_and_engine_failures_are_survived(served_model_dir):
+        class Gated:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def encode(self, input_ids, attention_mask, pixels, patch_masks):
+                engine.entered.set()
+                assert engine.gate.wait(30)
+                if any(row[1 : 1 + len(explode)].tolist() == explode for row in input_ids):
+                    raise RuntimeError("simulated engine failure")
+                return inner.encode(input_ids, attention_mask, pixels, patch_masks)
+
+        return Gated()
+
+
+@pytest.mark.parametrize("batching", ["continuous", "request"])
+def test_queue_overflow_timeouts_and_engine_failures_are_survived(served_model_dir, batching):
     config = ServeConfig(
         port=free_port(),
+        batching=batching,
+        max_running=1,
+        max_beams=1,
         max_batch_size=1,
         max_wait_ms=0,
         max_queue=1,

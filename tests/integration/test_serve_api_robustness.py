@@ -218,17 +218,10 @@ BAD_INPUTS = {
         422,
         "max_tokens",
     ),
-    "huge-max-tokens": (
+    "negative-completion-tokens": (
         "POST",
         "/v1/chat/completions",
-        chat_kwargs([image_part()], max_tokens=10**12),
-        422,
-        "max_tokens",
-    ),
-    "huge-completion-tokens": (
-        "POST",
-        "/v1/chat/completions",
-        chat_kwargs([image_part()], max_completion_tokens=2**70),
+        chat_kwargs([image_part()], max_completion_tokens=-(2**70)),
         422,
         "max_completion_tokens",
     ),
@@ -239,7 +232,13 @@ BAD_INPUTS = {
         422,
         "remote images are not fetched",
     ),
-    "no-image-chat": ("POST", "/v1/chat/completions", chat_kwargs("what is this?"), 422, "one image"),
+    "no-image-grounding-chat": (
+        "POST",
+        "/v1/chat/completions",
+        {"json": {"model": f"{MODEL_ID}:grounding", "messages": [{"role": "user", "content": "left lung"}]}},
+        422,
+        "needs an image",
+    ),
     "two-images": (
         "POST",
         "/v1/chat/completions",
@@ -247,8 +246,16 @@ BAD_INPUTS = {
         422,
         "one image",
     ),
-    "stream": ("POST", "/v1/chat/completions", chat_kwargs([image_part()], stream=True), 422, "stream"),
-    "n-2": ("POST", "/v1/chat/completions", chat_kwargs([image_part()], n=2), 422, "n=1"),
+    "stream-task": ("POST", "/v1/tasks/caption", {"json": {"image": PNG_B64, "stream": True}}, 400, "stream"),
+    "n-2-greedy": ("POST", "/v1/chat/completions", chat_kwargs([image_part()], n=2), 400, "needs sampling"),
+    "n-too-many": ("POST", "/v1/chat/completions", chat_kwargs("hi", n=9, temperature=1), 422, "n must be"),
+    "tools": (
+        "POST",
+        "/v1/chat/completions",
+        chat_kwargs("hi", tools=[{"type": "function", "function": {"name": "f"}}]),
+        400,
+        "tool calling",
+    ),
     "unknown-model": (
         "POST",
         "/v1/chat/completions",
