@@ -110,7 +110,6 @@ async def _ttft(url: str, image: str, n: int, budget: int) -> list[float]:
     import httpx
 
     body = {
-        "model": "bench",
         "stream": True,
         "max_tokens": budget,
         "messages": [
@@ -122,10 +121,11 @@ async def _ttft(url: str, image: str, n: int, budget: int) -> list[float]:
                 ],
             }
         ],
-        "task": "caption",
     }
     times = []
     async with httpx.AsyncClient(base_url=url, timeout=300, trust_env=False) as client:
+        models = (await client.get("/v1/models")).json()["data"]
+        body["model"] = next(m["id"] for m in models if m["id"].endswith(":caption"))
         for _ in range(n):
             t0 = time.perf_counter()
             async with client.stream("POST", "/v1/chat/completions", json=body) as response:
