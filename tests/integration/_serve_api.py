@@ -91,6 +91,21 @@ def running_api(model_dir, **overrides) -> Iterator[BackgroundServer]:
         yield running
 
 
+def wait_ready(url: str, process, *, timeout: float, interval: float = 0.2) -> bool:
+    """Poll `url`/ready until it answers 200 (True), or `process` exits or `timeout` s pass (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 def assert_json_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")

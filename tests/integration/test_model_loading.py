@@ -28,7 +28,7 @@ from biomedgpt import cli
 from biomedgpt.errors import ModelFileError
 from biomedgpt.hashing import sha256_file
 from tests.integration._demo_server import free_port
-from tests.integration._serve_api import png_bytes
+from tests.integration._serve_api import png_bytes, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -219,15 +219,7 @@ def test_serve_torch_on_a_run_offers_only_its_trained_tasks(trained_run):
         [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
+        if not wait_ready(url, process, timeout=120, interval=0.3):
             pytest.fail(f"the torch server did not become ready:\n{process.communicate(timeout=10)[0]}")
 
         assert httpx.get(f"{url}/ready").json()["tasks"] == ["vqa", "classification"]

@@ -20,12 +20,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from tests.integration._demo_server import free_port
+from tests.integration._serve_api import wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,15 +65,7 @@ def server(model_dir):
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
+    if not wait_ready(url, process, timeout=90):
         process.kill()
         process.wait()
         pytest.fail(f"biomedgpt serve did not become ready:\n{log_path.read_text()}")

@@ -11,7 +11,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.integration._demo_server import free_port
+from tests.integration._serve_api import wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,15 +45,7 @@ def onnx_server(exported_model_dir):
     ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
+    if not wait_ready(url, process, timeout=60):
         process.kill()
         pytest.fail(f"the ONNX server did not become ready:\n{process.communicate()[0]}")
     yield url
