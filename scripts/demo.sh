@@ -31,7 +31,9 @@ echo "== evaluating on the held-out test split (fixed prompts and unseen paraphr
 $BIN/biomedgpt eval -c configs/finetune/demo.yaml eval.checkpoint=runs/demo-finetune
 
 CKPT=runs/demo-finetune/checkpoints/$(cat runs/demo-finetune/checkpoints/latest)
-if [ ! -f exports/demo/manifest.json ] || [ "$CKPT/model.safetensors" -nt exports/demo/manifest.json ]; then
+# Re-export when the checkpoint is newer, or the export predates the current graphs (rows of any length).
+if [ ! -f exports/demo/manifest.json ] || [ "$CKPT/model.safetensors" -nt exports/demo/manifest.json ] \
+  || ! grep -q '"cache_lengths"' exports/demo/manifest.json; then
   echo "== exporting to ONNX (KV cache), parity-checked against PyTorch; int8 gated on the demo test split"
   $BIN/biomedgpt export --checkpoint runs/demo-finetune --out exports/demo --int8 --gate-shards data_shards/demo --overwrite
 fi

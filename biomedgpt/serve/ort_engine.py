@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from biomedgpt.errors import UserError
 from biomedgpt.serve.decoding import DecodeSpec, decode
 from biomedgpt.serve.engine import Engine, EngineLimits
 
@@ -61,6 +62,15 @@ class OrtEngine(Engine):
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=providers)
         self.decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=providers)
+        expected = {"decoder": "cache_lengths", "encoder": "patch_masks"}
+        for graph, name in expected.items():
+            session = self.decoder if graph == "decoder" else self.encoder
+            if name not in {i.name for i in session.get_inputs()}:
+                raise UserError(
+                    f"{paths[graph]} is an export of an earlier biomedgpt (its {graph} graph has no {name!r} "
+                    f"input); export the checkpoint again: biomedgpt export --checkpoint CKPT --out {self.model_dir}"
+                    " --overwrite"
+                )
         config = json.loads((self.model_dir / "config.json").read_text())
         self.num_layers = config["decoder_layers"]
         self.num_heads = config["decoder_attention_heads"]

@@ -76,3 +76,28 @@ def test_text_only_requests_beside_image_requests(engines):
         assert together[1].tokens == alone
         assert together[0].tokens == engine.run([image_request])[0].tokens
     assert ort.run([text_only])[0].tokens == torch_engine.run([text_only])[0].tokens
+
+
+def test_an_export_of_the_earlier_graphs_is_refused_with_what_to_do(exported_model_dir, tmp_path):
+    """A decoder graph without `cache_lengths` (exports made before continuous batching) cannot serve: loading
+    says so in one line and names the command that fixes it."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from biomedgpt.errors import UserError
+
+    old = tmp_path / "old-export"
+    shutil.copytree(exported_model_dir, old)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 1])
+    logits = helper.make_tensor_value_info("logits", TensorProto.INT64, ["batch", 1])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input_ids"], ["logits"])], "old", [ids], [logits]
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        str(old / "decoder.onnx"),
+    )
+    with pytest.raises(UserError, match=r"no 'cache_lengths' input\); export the checkpoint again"):
+        load_engine(old, engine="onnxruntime", verify=False)
