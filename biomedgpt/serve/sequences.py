@@ -19,6 +19,7 @@ No torch here.
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,7 +74,7 @@ class Constraints:
         return mask
 
 
-class Sequence:
+class Sequence(abc.ABC):
     """The decoding state of one request over `rows` decoder rows."""
 
     rows: int = 1
@@ -105,14 +106,14 @@ class Sequence:
     def _forced(self) -> int | None:
         return self.prefix[self.steps] if self.steps < len(self.prefix) else None
 
+    @abc.abstractmethod
     def advance(self, logits: np.ndarray, lse: np.ndarray | None = None) -> np.ndarray | None:
         """Take this step's (rows, V) logits (and their (rows,) log-sum-exp, when the caller has it); -> the
         parent row of each row when rows must be reordered."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def result(self) -> tuple[list[int], float]:
         """The answer's tokens (eos included when produced) and its score."""
-        raise NotImplementedError
 
 
 class GreedySequence(Sequence):
