@@ -47,7 +47,8 @@ def measure(
     repeats: int,
     model_dir: str | None = None,
 ) -> dict[str, float]:
-    from biomedgpt.model.generation import DecodeOptions, decode
+    from biomedgpt.model.decode_spec import DecodeSpec
+    from biomedgpt.model.generation import decode
 
     ours, peer = build_models(arch, vocab_size, model_dir)
     vocab_size = ours.config.vocab_size
@@ -63,7 +64,7 @@ def measure(
         peer_encoded = peer.get_encoder()(input_ids=source)
 
         def ours_run(n: int):
-            opts = DecodeOptions(max_new_tokens=n, min_new_tokens=n)
+            opts = DecodeSpec(max_new_tokens=n, min_new_tokens=n)
             return lambda: decode(ours, ours_encoded, options=opts)
 
         def peer_run(n: int):

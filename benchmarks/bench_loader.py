@@ -100,7 +100,7 @@ class TarMapDataset(Dataset):
 
 def make_shards(folder: Path, *, samples: int, source_size: int) -> list[str]:
     from biomedgpt.data.shards import write_dataset
-    from biomedgpt.data.synthetic import synthetic_samples
+    from biomedgpt.ingest.synthetic import synthetic_samples
 
     stream = (s for s in synthetic_samples(samples, image_size=source_size) if s.task in IMAGE_TASKS)
     write_dataset(stream, folder, name="bench", max_samples_per_shard=100, progress=False, overwrite=True)

@@ -245,7 +245,7 @@ def _whole_request(engine, image, batch: int, new_tokens: int, repeats: int) -> 
 
 def bench_ort(export_dir: Path, precision: str, image, batches, args) -> list[dict[str, Any]]:
     from biomedgpt.serve.decoding import DecodeSpec, decode
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
     from biomedgpt.serve.ort_engine import OrtDecoderStep
 
     engine = load_engine(export_dir, engine="onnxruntime", precision=precision, num_threads=args.threads)
@@ -272,8 +272,9 @@ def bench_ort(export_dir: Path, precision: str, image, batches, args) -> list[di
 def bench_torch(model_dir: Path, image, batches, args) -> list[dict[str, Any]]:
     import torch
 
-    from biomedgpt.model.generation import DecodeOptions, decode
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.model.decode_spec import DecodeSpec
+    from biomedgpt.model.generation import decode
+    from biomedgpt.serve.engines import load_engine
 
     with _quiet():  # transformers' weight-loading progress bar
         engine = load_engine(model_dir, engine="torch", num_threads=args.threads)
@@ -285,7 +286,7 @@ def bench_torch(model_dir: Path, image, batches, args) -> list[dict[str, Any]]:
             encoded = model.get_encoder()(ids, attention_mask=mask, patch_images=pixels)
 
             def run(n: int, encoded=encoded):
-                options = DecodeOptions(max_new_tokens=n, min_new_tokens=n)
+                options = DecodeSpec(max_new_tokens=n, min_new_tokens=n)
                 return lambda: decode(model, encoded, options=options)
 
             step_ms = per_step_ms(run, args.new_tokens, args.repeats)
@@ -354,7 +355,7 @@ def _row(engine: str, batch: int, step_ms: float, request_ms: float, tokens: flo
 def run_engines(model_dir: Path, export_dir: Path, args) -> dict[str, Any]:
     import torch
 
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     torch.set_num_threads(args.threads)
     image = request_image()

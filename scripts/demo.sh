@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main command (`make demo`): the whole product on its embedded default.
 #   1. build the demo corpus from real registry data (once), check the model chain;
-#   2. train the tiny demo model (configs/finetune/demo.yaml; reused when runs/demo-finetune exists) and evaluate it;
+#   2. train the tiny demo model (configs/finetune/demo.yaml; reused when runs/demo-finetune has a checkpoint that
+#      records its answers) and evaluate it;
 #   3. export it to ONNX with int8 (reused when exports/demo is newer than the checkpoint);
 #   4. start the HTTP API (ONNX Runtime engine) and the Gradio demo on 127.0.0.1 and print their URLs.
 # With --ci (`make demo CI=1`), step 4 runs a check through both servers, prints a summary and exits.
@@ -23,7 +24,9 @@ $BIN/biomedgpt data stats data_shards/demo
 echo "== model chain: build, generate in every decoding mode, save, reload"
 $BIN/biomedgpt quickstart -c configs/quickstart.yaml
 
-if [ ! -f runs/demo-finetune/checkpoints/latest ]; then
+# A run whose checkpoint predates the recorded answers and prompts (answers.json) is trained again.
+LATEST=runs/demo-finetune/checkpoints/latest
+if [ ! -f "$LATEST" ] || [ ! -f "runs/demo-finetune/checkpoints/$(cat "$LATEST")/answers.json" ]; then
   echo "== training the tiny demo model (configs/finetune/demo.yaml; a few minutes on a CPU)"
   $BIN/biomedgpt finetune -c configs/finetune/demo.yaml
 fi

@@ -57,19 +57,22 @@ def samples_per_task(shards: str, tasks: list[str]) -> dict:
 
 
 def task_body(sample) -> dict:
+    """The `POST /v1/tasks/{task}` body for a held-out sample: its image, and the task's request field filled
+    from the sample (`Task.request_value`) when the task has one."""
+    from biomedgpt.tasks import get_task
+
+    task = get_task(sample.task)
     body = {"image": base64.b64encode(png_bytes(sample.image)).decode(), "mask_format": "rle"}
-    if sample.task == "vqa":
-        body["question"] = sample.fields["question"]
-    elif sample.task == "grounding":
-        body["text"] = sample.fields["boxes"][0]["label"]
-    elif sample.task == "segmentation":
-        body["structure"] = sample.fields["target"]
+    if task.request_field is not None:
+        body[task.request_field] = task.request_value(sample)
     return body
 
 
 def reference(sample) -> str:
-    fields = sample.fields
-    return str(fields.get("answer") or fields.get("label") or fields.get("text") or fields.get("target") or "")
+    """The sample's reference (`Task.reference`) in words: a mask or boxes summarised, as the demo shows them."""
+    from biomedgpt.demo.examples import reference_text
+
+    return reference_text(sample)
 
 
 def main() -> int:
@@ -102,7 +105,9 @@ def main() -> int:
             shown = payload.get("output", payload.get("error"))
             if isinstance(shown, dict) and isinstance(shown.get("mask"), dict):
                 shown = {**shown, "mask": {k: v for k, v in shown["mask"].items() if k != "rle"}}
-            print(f"  {task:<15} {status} {ms:7.1f} ms  reference {reference(sample)[:40]!r:<44} -> {json.dumps(shown)[:100]}")
+            print(
+                f"  {task:<15} {status} {ms:7.1f} ms  reference {reference(sample)[:40]!r:<44} -> {json.dumps(shown)[:100]}"
+            )
             failures += status != 200
 
     image = next(iter(samples_per_task(args.shards, ["vqa"]).get("vqa", [])), None)
@@ -110,10 +115,20 @@ def main() -> int:
         url = "data:image/png;base64," + base64.b64encode(png_bytes(image.image)).decode()
         completion = client.chat.completions.create(
             model=f"{models[0].split(':')[0]}:vqa",
-            messages=[{"role": "user", "content": [{"type": "text", "text": image.fields["question"]}, {"type": "image_url", "image_url": {"url": url}}]}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": image.fields["question"]},
+                        {"type": "image_url", "image_url": {"url": url}},
+                    ],
+                }
+            ],
             max_tokens=16,
         )
-        print(f"\n== openai client, chat.completions: {image.fields['question']!r} -> {completion.choices[0].message.content!r}")
+        print(
+            f"\n== openai client, chat.completions: {image.fields['question']!r} -> {completion.choices[0].message.content!r}"
+        )
 
         from gradio_client import Client, handle_file
 
@@ -126,15 +141,23 @@ def main() -> int:
     manifest = json.loads((Path(args.export) / "manifest.json").read_text())
     print("\n== export: parity against PyTorch")
     for case in manifest["parity"]["cases"]:
-        print(f"  batch {case['batch']}, {case['image_size']} px: logits max abs diff {case['logits_max_abs_diff']:.2e}, greedy identical {case['greedy_identical']}")
+        print(
+            f"  batch {case['batch']}, {case['image_size']} px: logits max abs diff {case['logits_max_abs_diff']:.2e}, greedy identical {case['greedy_identical']}"
+        )
     if "int8" in manifest:
-        print(f"  int8 gate: {'accepted' if manifest['int8']['accepted'] else 'rejected: ' + manifest['int8'].get('reason', '')}")
+        print(
+            f"  int8 gate: {'accepted' if manifest['int8']['accepted'] else 'rejected: ' + manifest['int8'].get('reason', '')}"
+        )
     report = json.loads(Path(args.report).read_text())
     print("\n== evaluation on the held-out test split (PyTorch checkpoint; fixed prompts)")
     for task, result in report["tasks"].items():
-        print(f"  {task:<15} {json.dumps(result.get('fixed', {}))[:110]}  baseline {json.dumps(result.get('baseline', {}))[:80]}")
+        print(
+            f"  {task:<15} {json.dumps(result.get('fixed', {}))[:110]}  baseline {json.dumps(result.get('baseline', {}))[:80]}"
+        )
     if latencies:
-        print(f"\nrequests: {len(latencies)}, failures {failures}, latency p50 {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms")
+        print(
+            f"\nrequests: {len(latencies)}, failures {failures}, latency p50 {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms"
+        )
     return 1 if failures else 0
 
 

@@ -1,12 +1,89 @@
-"""Shared fixtures: small BiomedGPT models whose outputs actually depend on their inputs."""
+"""Shared fixtures: small BiomedGPT models whose outputs actually depend on their inputs, the registry cache
+the real-data tests read, and set-ups built once per run and shared by every pytest-xdist worker.
+
+- `build_once(tmp_path_factory, name, build)`: a folder built by the first worker that asks for it, under a
+  file lock in the run's base temp folder (the parent of each worker's own), and reused by the others. The
+  costly session fixtures (the served model, its ONNX export, the trained tiny run) use it.
+- `registry_cache`: every pinned registry source fetched and sha256-checked (`scripts/fetch_registry.py`,
+  which `make test` runs first; the same `registry.fetch` that `make demo` uses). A fetch that fails is an
+  error, never a skip.
+- `gpu` tests (tests/gpu/) skip without CUDA and say so; nothing else skips for want of a machine.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_tmp_root(tmp_path_factory) -> Path:
+    """This run's base temp folder, the same for every xdist worker (each worker's own is a child of it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """`<shared root>/shared/<name>/<name>`, made by `build(folder)` once per run, whichever worker asks first.
+
+    The first caller builds under `<name>.lock` and marks the folder complete; later callers (other workers,
+    other fixtures) wait on the lock and reuse it. Each build has a parent folder of its own (writers that
+    stage a temporary sibling folder see only their own). A build that raised leaves no mark, so the next
+    caller builds anew (and fails the same way, with its own traceback). Users must not change the folder:
+    copy it first.
+    """
+    from filelock import FileLock
+
+    root = shared_tmp_root(tmp_path_factory) / "shared"
+    root.mkdir(parents=True, exist_ok=True)
+    folder, done = root / name / name, root / f"{name}.complete"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            folder.parent.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _fetch_registry_module():
+    spec = importlib.util.spec_from_file_location("fetch_registry", REPO / "scripts" / "fetch_registry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def registry_cache() -> Path:
+    """The registry cache with every source of `registry.SOURCES` present and sha256-checked.
+
+    `make test` fetched them already (then this is a hash per file); a bare `pytest` on a fresh clone fetches
+    them here, once, under the cache's lock. Real-data tests take this fixture instead of skipping.
+    """
+    return _fetch_registry_module().fetch_all(quiet=True)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests skip where CUDA is missing, saying so; on a machine with CUDA they run like any other."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="gpu test: needs CUDA, and torch.cuda.is_available() is False here (no GPU or a CPU-only torch)"
+    )
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 def lively_model(
@@ -79,15 +156,18 @@ def write_served_model(directory, *, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def served_model_dir(tmp_path_factory):
-    """A torch model folder for `biomedgpt serve --engine torch` and the engine tests."""
-    return write_served_model(tmp_path_factory.mktemp("served-model"))
+    """A torch model folder for `biomedgpt serve --engine torch` and the engine tests (one per run, shared by
+    the xdist workers; tests copy it before changing anything in it)."""
+    return build_once(tmp_path_factory, "served-model", write_served_model)
 
 
 @pytest.fixture(scope="session")
 def exported_model_dir(served_model_dir, tmp_path_factory):
-    """`served_model_dir` exported to ONNX (fp32): the folder `biomedgpt serve` loads with ONNX Runtime."""
+    """`served_model_dir` exported to ONNX (fp32): the folder `biomedgpt serve` loads with ONNX Runtime (one
+    export per run, shared by the xdist workers)."""
     from biomedgpt.export.onnx_export import export_checkpoint
 
-    out = tmp_path_factory.mktemp("export") / "model-onnx"
-    export_checkpoint(served_model_dir, out)
-    return out
+    def export(out: Path) -> None:
+        export_checkpoint(served_model_dir, out)
+
+    return build_once(tmp_path_factory, "model-onnx", export)

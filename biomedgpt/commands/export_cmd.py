@@ -1,8 +1,9 @@
 """`biomedgpt export --checkpoint DIR --out DIR [--int8]`: ONNX graphs with a KV cache, checked against PyTorch.
 
 Writes encoder.onnx + decoder.onnx (dynamic batch, text, image-grid and cache axes), the tokenizer, configs,
-serving.json, answers.json (closed-set answers of the TRAIN split) and manifest.json (graph signatures, opset,
-sha256 of every file, versions, parity figures). Every export runs `onnx.checker` (full) and a parity check
+serving.json (tasks and prompts as the checkpoint records them), answers.json and baselines.json (closed-set
+answers and baselines of the TRAIN split, copied from the checkpoint: no training shard is read) and manifest.json
+(graph signatures, opset, sha256 of every file, versions, parity figures). Every export runs `onnx.checker` (full) and a parity check
 against PyTorch (two image sizes, two batch sizes); `--int8` adds dynamically quantized graphs, kept only if the
 demo evaluation drops by at most one point on every metric. Serve the folder with `biomedgpt serve --model DIR`.
 """

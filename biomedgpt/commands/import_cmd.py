@@ -120,7 +120,7 @@ def serving_files(
         "model_id": folder.name,
         "arch": config.arch,
         "tasks": tasks,
-        "prompts": {t: get_task(t).prompt for t in tasks},
+        "prompts": {t: get_task(t).biomedgpt_prompt for t in tasks},
         "decoder_prefix": decoder_prefixes(task_cfg, tasks),
         "generation": {
             "num_beams": 5,

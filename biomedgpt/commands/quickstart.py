@@ -34,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from biomedgpt.data.synthetic import make_scan
+    from biomedgpt.ingest.synthetic import make_scan
     from biomedgpt.model.configuration import BiomedGPTConfig
     from biomedgpt.model.constraints import AnswerTrie
-    from biomedgpt.model.generation import DecodeOptions, generate
+    from biomedgpt.model.decode_spec import DecodeSpec
+    from biomedgpt.model.generation import generate
     from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
     from biomedgpt.model.processing import BiomedGPTProcessor, load_pretrained
     from biomedgpt.tokenization.locations import bins_to_box, token_ids_to_bins
@@ -65,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         f"[2/5] made {len(scans)} synthetic {cfg.model.image_size}px scans ({sum(len(s.lesions) for s in scans)} lesions)"
     )
 
-    def decode_opts(kind: str, **extra) -> DecodeOptions:
+    def decode_opts(kind: str, **extra) -> DecodeSpec:
         allowed = torch.from_numpy(allowed_token_mask(layout, kind))
-        return DecodeOptions.from_config(cfg.generation, allowed_tokens=allowed, **extra)
+        return DecodeSpec.from_config(cfg.generation, allowed_tokens=allowed, **extra)
 
     text_kind = {"none": "any"}.get(cfg.generation.constraint, cfg.generation.constraint)
     batch = processor(text=[CAPTION_PROMPT] * len(images), images=images)

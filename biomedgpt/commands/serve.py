@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from biomedgpt.errors import ModelFileError
     from biomedgpt.serve.app import create_app_from_config
-    from biomedgpt.serve.engine import verify_model_folder
+    from biomedgpt.serve.engines import verify_model_folder
     from biomedgpt.serve.server import run_server
 
     if config.verify_files:

@@ -5,8 +5,8 @@
     biomedgpt shard --demo --out data_shards/demo [--demo-limit N] [--synthetic N]
 
 Converters for public dataset formats plug in as `--format NAME --input PATH` through the
-`FORMATS` table below (name -> function(args) -> (summary, skipped problems)); `--demo` builds
-the demo corpus from real registry data (biomedgpt.data.demo, data_shards/DEMO_DATA_CARD.md).
+`FORMATS` table below (name -> function(args, command line) -> (summary, skipped problems)); `--demo` builds
+the demo corpus from real registry data (biomedgpt.ingest.demo, data_shards/DEMO_DATA_CARD.md).
 Exit codes: 0 on success, 2 on invalid input (every bad manifest line is printed as
 `line N: field: message`).
 """
@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from biomedgpt.data.converters import cli as converter_cli
+from biomedgpt.ingest.converters import cli as converter_cli
 
-# --format NAME -> function(args) -> (DatasetSummary, skipped problems). Converters add one entry.
-FORMATS: dict[str, Callable[[argparse.Namespace], tuple[Any, list[Any]]]] = {**converter_cli.FORMAT_HANDLERS}
+# --format NAME -> function(args, command line for manifest.json) -> (DatasetSummary, skipped problems).
+# Converters add one entry.
+FORMATS: dict[str, converter_cli.FormatHandler] = {**converter_cli.FORMAT_HANDLERS}
 DEFAULTS: dict[str, Any] = {
     "format": "jsonl",
     "max_per_shard": 1000,
@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from biomedgpt.data.manifest_input import ManifestError
     from biomedgpt.data.shards import ShardsExistError
+    from biomedgpt.ingest.manifest_input import ManifestError
 
     if args.demo:
         return _shard_demo(args)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.format == "jsonl":
             summary, skipped = _shard_jsonl(args)
         else:
-            summary, skipped = FORMATS[args.format](args)
+            summary, skipped = FORMATS[args.format](args, command_line(args))
     except ManifestError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
@@ -126,7 +126,7 @@ def _not_available(message: str) -> int:
 
 
 def _shard_jsonl(args: argparse.Namespace) -> tuple[Any, list[Any]]:
-    from biomedgpt.data.manifest_input import shard_manifest
+    from biomedgpt.ingest.manifest_input import shard_manifest
 
     result = shard_manifest(
         args.input,
@@ -144,8 +144,8 @@ def _shard_jsonl(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 def _shard_synthetic(args: argparse.Namespace) -> Any:
     from biomedgpt import __version__
-    from biomedgpt.data import synthetic
     from biomedgpt.data.shards import SourceInfo, write_dataset
+    from biomedgpt.ingest import synthetic
 
     if args.synthetic < 1:
         raise ValueError("--synthetic needs N >= 1")
@@ -164,12 +164,12 @@ def _shard_synthetic(args: argparse.Namespace) -> Any:
 
 
 def _shard_demo(args: argparse.Namespace) -> int:
-    """`--demo`: the demo corpus from real registry data (biomedgpt.data.demo, DEMO_DATA_CARD.md)."""
+    """`--demo`: the demo corpus from real registry data (biomedgpt.ingest.demo, DEMO_DATA_CARD.md)."""
     import logging
 
-    from biomedgpt.data.demo.builder import build_demo
-    from biomedgpt.data.demo.common import DemoOptions
     from biomedgpt.data.shards import ShardsExistError
+    from biomedgpt.ingest.demo.builder import build_demo
+    from biomedgpt.ingest.demo.common import DemoOptions
 
     if args.input is not None:
         return _not_available("--demo builds from the registry cache; it takes no --input")

@@ -79,8 +79,8 @@ def _build_text(args: argparse.Namespace) -> int:
 
 def _train_image(args: argparse.Namespace) -> int:
     from biomedgpt.tokenization.image_vq import DEFAULT_IMAGE_TOKENIZER_NAME
-    from biomedgpt.tokenization.image_vq_train import TrainImageVQConfig, train_image_vq
     from biomedgpt.tokenization.paths import repo_root
+    from biomedgpt.train.image_vq_train import TrainImageVQConfig, train_image_vq
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     root = repo_root() or Path.cwd()

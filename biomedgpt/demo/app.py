@@ -1,13 +1,14 @@
 """The Gradio multitask demo: one tab per served task, outputs drawn on the image.
 
-`build_demo(backend)` works over any `Backend` (an in-process engine or the HTTP API). Stable `elem_id`s
-(`{task}-image`, `{task}-field`, `{task}-submit`, `{task}-status` and one per output, listed in `OUTPUT_IDS`)
+`build_demo(backend)` works over any `Backend` (an in-process engine or the HTTP API). The demo names no task:
+each tab asks its task (`biomedgpt.tasks`) for its title, its request field's label and placeholder, and its
+`output_kind`, which picks the output widgets and how an output is drawn. Stable `elem_id`s (`{task}-image`,
+`{task}-field`, `{task}-submit`, `{task}-status` and one per output, listed per output kind in `OUTPUT_IDS`)
 let browser tests find the parts, and every task has an `api_name` equal to its name, so
 `gradio_client.Client(url).predict(handle_file(png), question, api_name="/vqa")` works. A refused request (a
 `RequestError`, an API 4xx) becomes a warning toast plus a message in the tab's status line, never a crash.
 
-Text answers stream: in the tabs of the backend's `streamed` tasks (caption, report, VQA, classification) the
-answer box fills as the model decodes, the status line saying "Generating", and the probability and "Done in"
+Text answers stream: in the tabs of the backend's `streamed` tasks (those whose answer is text) the answer box fills as the model decodes, the status line saying "Generating", and the probability and "Done in"
 arrive with the end of the answer. gradio_client's `predict` gets the final
 values; `submit` gets every update.
 
@@ -36,30 +37,20 @@ from biomedgpt.demo.drawing import draw_boxes, mask_area, overlay_mask
 from biomedgpt.demo.examples import Example, Examples
 from biomedgpt.serve.config import ServeConfig
 from biomedgpt.serve.images import ImageLimits, decode_image
-from biomedgpt.serve.types import TASK_FIELDS, RequestError
+from biomedgpt.serve.types import RequestError
+from biomedgpt.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
-TITLES = {
-    "caption": "Caption",
-    "report": "Report",
-    "vqa": "VQA",
-    "classification": "Classification",
-    "segmentation": "Segmentation",
-    "grounding": "Grounding",
-    "detection": "Detection",
-}
-FIELD_LABELS = {"vqa": "Question", "grounding": "Phrase to find", "segmentation": "Structure to segment"}
-FIELD_PLACEHOLDERS = {"vqa": "what modality is this?", "grounding": "the lesion", "segmentation": "lesion"}
-# Output components per task, by elem_id suffix: `{task}-{suffix}`; the status line comes last in every tab.
-OUTPUT_IDS = {
-    "caption": ("text",),
-    "report": ("text",),
-    "vqa": ("answer", "score"),
-    "classification": ("label", "score"),
-    "segmentation": ("overlay", "area"),
-    "grounding": ("drawn", "box"),
-    "detection": ("drawn", "objects"),
+# Output components per output kind (`Task.output_kind`), by elem_id suffix: `{task}-{suffix}`; the status line
+# comes last in every tab. A closed-set answer's box is named after its kind ("answer", "label").
+OUTPUT_IDS: dict[str, tuple[str, ...]] = {
+    "text": ("text",),
+    "answer": ("answer", "score"),
+    "label": ("label", "score"),
+    "mask": ("overlay", "area"),
+    "box": ("drawn", "box"),
+    "objects": ("drawn", "objects"),
 }
 NOTICE = "A research demo of a multitask model: not a medical device, not for diagnosis."
 ACCEPTED_FILES = "PNG, JPEG, WebP, BMP, TIFF or DICOM (.dcm)"
@@ -108,14 +99,16 @@ def build_demo(
             f"# BiomedGPT\nAnswers from {backend.describe()}.{source}\n\n*{NOTICE}*", elem_id="demo-header"
         )
         with gr.Tabs(elem_id="task-tabs"):
-            for task in backend.tasks:
-                with gr.Tab(TITLES.get(task, task), id=task, elem_id=f"tab-{task}"):
-                    _task_tab(task, backend, examples.get(task, []), limits)
+            for name in backend.tasks:
+                task = get_task(name)
+                with gr.Tab(task.title or name, id=name, elem_id=f"tab-{name}"):
+                    _task_tab(task, backend, examples.get(name, []), limits)
     demo.queue(default_concurrency_limit=backend.concurrency)
     return demo
 
 
-def _task_tab(task: str, backend: Backend, examples: list[Example], limits: UploadLimits) -> None:
+def _task_tab(task: Task, backend: Backend, examples: list[Example], limits: UploadLimits) -> None:
+    name = task.name
     with gr.Row():
         with gr.Column():
             # A file, not a gr.Image: Gradio would decode any upload itself, before our checks.
@@ -123,7 +116,7 @@ def _task_tab(task: str, backend: Backend, examples: list[Example], limits: Uplo
                 label=f"Image: {ACCEPTED_FILES}",
                 type="filepath",
                 file_count="single",
-                elem_id=f"{task}-image",
+                elem_id=f"{name}-image",
             )
             preview = gr.Image(
                 label="Image as the model sees it",
@@ -131,28 +124,29 @@ def _task_tab(task: str, backend: Backend, examples: list[Example], limits: Uplo
                 format="png",
                 interactive=False,
                 height=256,
-                elem_id=f"{task}-preview",
+                elem_id=f"{name}-preview",
             )
             inputs: list[gr.components.Component] = [image]
-            if task in TASK_FIELDS:
+            if task.request_field is not None:
                 inputs.append(
                     gr.Textbox(
-                        label=FIELD_LABELS[task],
-                        placeholder=FIELD_PLACEHOLDERS[task],
+                        label=task.field_label,
+                        placeholder=task.field_example,
                         lines=1,
-                        elem_id=f"{task}-field",
+                        elem_id=f"{name}-field",
                     )
                 )
-            submit = gr.Button("Run", variant="primary", elem_id=f"{task}-submit")
+            submit = gr.Button("Run", variant="primary", elem_id=f"{name}-submit")
         with gr.Column():
             outputs = _output_components(task)
             reference = gr.Textbox(
-                label="Example source and reference", interactive=False, elem_id=f"{task}-reference"
+                label="Example source and reference", interactive=False, elem_id=f"{name}-reference"
             )
-            status = gr.Markdown(elem_id=f"{task}-status")
+            status = gr.Markdown(elem_id=f"{name}-status")
     if examples:
-        rows = [[str(e.image), *([e.field] if task in TASK_FIELDS else []), e.note] for e in examples]
-        gr.Examples(rows, inputs=[*inputs, reference], label="Examples", elem_id=f"{task}-examples")
+        has_field = task.request_field is not None
+        rows = [[str(e.image), *([e.field] if has_field else []), e.note] for e in examples]
+        gr.Examples(rows, inputs=[*inputs, reference], label="Examples", elem_id=f"{name}-examples")
     # The reference belongs to the example, not to a new upload.
     image.upload(lambda: "", outputs=reference, api_visibility="private", queue=False)
     image.change(_previewer(limits), inputs=image, outputs=[preview, status], api_visibility="private")
@@ -160,46 +154,49 @@ def _task_tab(task: str, backend: Backend, examples: list[Example], limits: Uplo
         _handler(task, backend, limits),
         inputs=inputs,
         outputs=[*outputs, status],
-        api_name=task,
+        api_name=name,
         concurrency_id="model",  # one limit across all tabs: they share one model
         concurrency_limit=backend.concurrency,
     )
 
 
-def _output_components(task: str) -> list[gr.components.Component]:
-    def eid(suffix: str) -> str:
-        return f"{task}-{suffix}"
+def _output_components(task: Task) -> list[gr.components.Component]:
+    """The task's output widgets, chosen by its output kind (`OUTPUT_IDS` order)."""
+    kind = task.output_kind
+    ids = OUTPUT_IDS[kind]
 
-    if task in ("caption", "report"):
+    def eid(suffix: str) -> str:
+        return f"{task.name}-{suffix}"
+
+    if kind == "text":
         return [gr.Textbox(label="Generated text", lines=4, interactive=False, elem_id=eid("text"))]
-    if task in ("vqa", "classification"):
-        name = "Answer" if task == "vqa" else "Label"
+    if kind in ("answer", "label"):  # a closed-set answer and its probability
         return [
-            gr.Textbox(label=name, interactive=False, elem_id=eid(OUTPUT_IDS[task][0])),
+            gr.Textbox(label=kind.capitalize(), interactive=False, elem_id=eid(ids[0])),
             gr.Number(
                 label="Probability (greedy, constrained to the answer list)",
                 interactive=False,
                 elem_id=eid("score"),
             ),
         ]
-    if task == "segmentation":
+    if kind == "mask":
         return [
             gr.Image(
                 label="Mask overlay", type="pil", format="png", interactive=False, elem_id=eid("overlay")
             ),
             gr.Textbox(label="Mask area", interactive=False, elem_id=eid("area")),
         ]
-    if task == "grounding":
+    if kind == "box":
         return [
             gr.Image(label="Region", type="pil", format="png", interactive=False, elem_id=eid("drawn")),
             gr.Textbox(label="Box [x0, y0, x1, y1] in input pixels", interactive=False, elem_id=eid("box")),
         ]
-    if task == "detection":
+    if kind == "objects":
         return [
             gr.Image(label="Objects", type="pil", format="png", interactive=False, elem_id=eid("drawn")),
             gr.JSON(label="Objects (boxes in input pixels)", elem_id=eid("objects")),
         ]
-    raise ValueError(f"the demo has no tab for task {task!r}")
+    raise ValueError(f"the demo cannot show output kind {kind!r} (task {task.name})")
 
 
 def _previewer(limits: UploadLimits) -> Callable[[str | None], tuple]:
@@ -220,22 +217,24 @@ def _refusal(err: RequestError) -> str:
     return f"The image was refused ({err.status}): {err.message}. Send {ACCEPTED_FILES}."
 
 
-def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[..., Any]:
+def _handler(task: Task, backend: Backend, limits: UploadLimits) -> Callable[..., Any]:
     """The click handler of a task, with the parameters its inputs give (gradio matches them by position): a
     generator of updates for a streamed task, else a function."""
-    empty = (None,) * len(OUTPUT_IDS[task])
+    name = task.name
+    empty = (None,) * len(OUTPUT_IDS[task.output_kind])
+    field_name = task.request_field
 
     def checked(upload: str | None, field: str | None) -> tuple[Image.Image, dict[str, str]] | str:
         """The decoded upload and the task's fields, or why the request cannot be sent."""
         if upload is None:
             return "Upload an image first (or click an example)."
-        if task in TASK_FIELDS and not (field or "").strip():
-            return f"Type a {FIELD_LABELS[task].lower()} first."
+        if field_name is not None and not (field or "").strip():
+            return f"Type a {task.field_label.lower()} first."
         try:
             image = load_upload(upload, limits)  # the API's decoder: 16-bit scaled, EXIF applied
         except RequestError as err:
             return _refusal(err)
-        return image, ({TASK_FIELDS[task]: field.strip()} if task in TASK_FIELDS and field else {})
+        return image, ({field_name: field.strip()} if field_name is not None and field else {})
 
     def run(upload: str | None, field: str | None) -> tuple:
         request = checked(upload, field)
@@ -244,11 +243,11 @@ def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[...,
         image, fields = request
         start = time.perf_counter()
         try:
-            output = backend.run(task, image, fields)
+            output = backend.run(name, image, fields)
         except Exception as err:  # the page must stay usable whatever the model or network does
-            return _refuse(empty, _failure(task, err))
+            return _refuse(empty, _failure(name, err))
         seconds = time.perf_counter() - start
-        return (*render(task, image, output), f"Done in {seconds:.2f} s.")
+        return (*render(name, image, output), f"Done in {seconds:.2f} s.")
 
     def stream(upload: str | None, field: str | None) -> Iterator[tuple]:
         request = checked(upload, field)
@@ -259,21 +258,21 @@ def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[...,
         start = time.perf_counter()
         output: dict[str, Any] | None = None
         try:
-            for text, output in backend.stream(task, image, fields):
+            for text, output in backend.stream(name, image, fields):
                 if output is None:
                     # The answer so far; the probability of a closed-set answer comes with its end.
                     yield (text, *empty[1:], f"Generating... {time.perf_counter() - start:.1f} s")
         except Exception as err:  # as in `run`: a message in the page, never a crash
-            yield _refuse(empty, _failure(task, err))
+            yield _refuse(empty, _failure(name, err))
             return
         if output is None:
-            yield _refuse(empty, _failure(task, RuntimeError("the backend gave no answer")))
+            yield _refuse(empty, _failure(name, RuntimeError("the backend gave no answer")))
             return
         seconds = time.perf_counter() - start
-        yield (*render(task, image, output), f"Done in {seconds:.2f} s.")
+        yield (*render(name, image, output), f"Done in {seconds:.2f} s.")
 
-    if task in backend.streamed:
-        if task in TASK_FIELDS:
+    if name in backend.streamed:
+        if field_name is not None:
             return stream
 
         def stream_without_field(upload: str | None) -> Iterator[tuple]:
@@ -281,7 +280,7 @@ def _handler(task: str, backend: Backend, limits: UploadLimits) -> Callable[...,
 
         return stream_without_field
 
-    if task in TASK_FIELDS:
+    if field_name is not None:
         return run
 
     def run_without_field(upload: str | None) -> tuple:
@@ -304,14 +303,14 @@ def _refuse(empty: tuple, message: str) -> tuple:
 
 
 def render(task: str, image: Image.Image, output: dict[str, Any]) -> tuple:
-    """An engine output -> the values of the task's output components (`OUTPUT_IDS` order)."""
-    if task in ("caption", "report"):
+    """An engine output -> the values of the task's output components (`OUTPUT_IDS` order of its output kind)."""
+    kind = get_task(task).output_kind
+    if kind == "text":
         return (output.get("text", ""),)
-    if task in ("vqa", "classification"):
-        key = "answer" if task == "vqa" else "label"
+    if kind in ("answer", "label"):  # a closed-set answer, under its kind, and its probability
         score = output.get("score")
-        return (output.get(key, output.get("text", "")), None if score is None else float(score))
-    if task == "segmentation":
+        return (output.get(kind, output.get("text", "")), None if score is None else float(score))
+    if kind == "mask":
         mask = output.get("mask")
         mask = (
             np.zeros((image.height, image.width), dtype=bool)
@@ -319,15 +318,15 @@ def render(task: str, image: Image.Image, output: dict[str, Any]) -> tuple:
             else np.asarray(mask, dtype=bool)
         )
         return (overlay_mask(image, mask), mask_area(mask))
-    if task == "grounding":
+    if kind == "box":
         box = output.get("box")
         if box is None:
             return (image, "no box (the model did not write four location tokens)")
         return (draw_boxes(image, [(box, "")]), json.dumps([round(float(v), 1) for v in box]))
-    if task == "detection":
+    if kind == "objects":
         objects = [
             {"box": [round(float(v), 1) for v in o["box"]], "label": o.get("label", "")}
             for o in output.get("objects", [])
         ]
         return (draw_boxes(image, [(o["box"], o["label"]) for o in objects]), objects)
-    raise ValueError(f"the demo has no tab for task {task!r}")
+    raise ValueError(f"the demo cannot show output kind {kind!r} (task {task})")

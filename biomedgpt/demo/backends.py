@@ -23,9 +23,14 @@ from PIL import Image
 
 from biomedgpt.demo.client import ApiClient, ApiError, decode_png_mask
 from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS, RequestError, TaskRequest
+from biomedgpt.tasks import get_task
 
-TEXT_TASKS = ("caption", "report", "vqa", "classification")
-"""Tasks whose answer is text, shown as it is decoded where the backend can stream it."""
+
+def text_tasks(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of `tasks` whose answer is text (`Task.text_output`), shown as it is decoded where the backend can
+    stream it."""
+    return tuple(t for t in tasks if get_task(t).text_output)
+
 
 Update = tuple[str, dict[str, Any] | None]
 """What `stream` yields: (the answer's text so far, None) while decoding, then (its text, the whole output)."""
@@ -64,7 +69,7 @@ class EngineBackend:
         self.engine = engine
         self.concurrency = 1
         self.tasks: tuple[str, ...] = tuple(engine.tasks)
-        self.streamed: tuple[str, ...] = tuple(t for t in self.tasks if t in TEXT_TASKS)
+        self.streamed: tuple[str, ...] = text_tasks(self.tasks)
         self._scheduler: Any = None
         self._lock = threading.Lock()
 
@@ -152,7 +157,7 @@ class ApiBackend:
         self.concurrency = 4  # the server batches concurrent requests itself
         self.model_id, served = served_tasks([str(m.get("id", "")) for m in client.models()])
         self.tasks = tuple(t for t in SERVED_TASKS if t in served)
-        self.streamed: tuple[str, ...] = tuple(t for t in self.tasks if t in TEXT_TASKS)
+        self.streamed: tuple[str, ...] = text_tasks(self.tasks)
         self._can_stream = True
 
     def describe(self) -> str:
@@ -240,6 +245,6 @@ def load_backend(
         client = ApiClient(api, api_key=api_key)
         wait_until_ready(client, wait_s=wait_s)
         return ApiBackend(client)
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     return EngineBackend(load_engine(model, engine=engine, verify=verify))

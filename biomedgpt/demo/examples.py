@@ -16,18 +16,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS
+from biomedgpt.serve.types import SERVED_TASKS
+from biomedgpt.tasks import Task, get_task
 
 DEFAULT_SHARDS = "data_shards/demo"
-# Tasks whose prompt needs no field can borrow any image; caption and classification images suit them best.
-FIELDLESS_DONORS = ("caption", "classification")
+
+
+def fieldless_donors() -> tuple[str, ...]:
+    """Served tasks whose prompt needs no field and whose answer is text (caption, report, classification):
+    their images are whole, varied pictures, which a fieldless task without examples borrows."""
+    return tuple(
+        name for name in SERVED_TASKS if get_task(name).request_field is None and get_task(name).text_output
+    )
 
 
 @dataclass(frozen=True)
 class Example:
     image: Path
     field: str | None = None
-    """The task's field (VQA question, grounding phrase, segmentation structure); None for fieldless tasks."""
+    """The value of the task's `request_field` (VQA question, grounding phrase, segmentation structure); None for
+    fieldless tasks."""
     note: str = ""
     """Where it comes from and the reference answer, shown as the example's caption."""
 
@@ -51,9 +59,10 @@ def load_examples(
         examples = corpus_examples([pattern], cache, per_task=per_task)
         source = f"the test split of {pattern}"
     generated = generated_examples(cache)
+    donor_tasks = fieldless_donors()
     for task in SERVED_TASKS:
-        if not examples.get(task) and task not in TASK_FIELDS:
-            donors = [e for d in FIELDLESS_DONORS for e in examples.get(d, [])]
+        if not examples.get(task) and get_task(task).request_field is None:
+            donors = [e for d in donor_tasks for e in examples.get(d, [])]
             examples[task] = [Example(e.image, None, e.note.split(":")[0]) for e in donors[:per_task]]
         if not examples.get(task):
             examples[task] = generated[task]
@@ -67,7 +76,7 @@ def corpus_examples(patterns: Sequence[str], cache_dir: Path, *, per_task: int =
     cache_dir.mkdir(parents=True, exist_ok=True)
     by_source: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for sample in iter_samples(resolve_shards(patterns, split="test"), split="test", tasks=set(SERVED_TASKS)):
-        if sample.task == "segmentation" and not np.any(sample.mask):
+        if _empty_mask(get_task(sample.task), sample):
             continue  # an empty reference mask makes a dull example
         if sample.image is not None and len(by_source[sample.task][sample.source or "?"]) < per_task:
             by_source[sample.task][sample.source or "?"].append(sample)
@@ -76,6 +85,13 @@ def corpus_examples(patterns: Sequence[str], cache_dir: Path, *, per_task: int =
         chosen = _round_robin(list(sources.values()), per_task)
         examples[task] = [_write_example(sample, cache_dir) for sample in chosen]
     return examples
+
+
+def _empty_mask(task: Task, sample) -> bool:
+    """A mask task's sample whose reference mask is missing or empty."""
+    if task.output_kind != "mask":
+        return False
+    return sample.mask is None or not np.any(task.reference(sample)[0])
 
 
 def _round_robin(groups: list[list], limit: int) -> list:
@@ -96,32 +112,25 @@ def _write_example(sample, cache_dir: Path) -> Example:
         image = sample.image
         pil = Image.fromarray(image) if image.dtype == np.uint8 else to_rgb_uint8(image)
         pil.save(path)
-    field = _field_of(sample)
-    return Example(path, field, f"{sample.source or sample.key}: {_reference_text(sample)}")
+    field = get_task(sample.task).request_value(sample)
+    return Example(path, field, f"{sample.source or sample.key}: {reference_text(sample)}")
 
 
-def _reference_text(sample) -> str:
-    """The sample's reference answer in words (a mask or a list of boxes is summarised, not printed)."""
-    from biomedgpt.eval.runner import reference_of
-
-    reference, _ = reference_of(sample)
-    if isinstance(reference, np.ndarray):
-        return f"mask of {int(reference.sum())} px"
-    if sample.task == "detection":
+def reference_text(sample) -> str:
+    """The sample's reference answer in words (`Task.reference`; a mask or a list of boxes is summarised, not
+    printed), by the task's output kind."""
+    task = get_task(sample.task)
+    reference, _ = task.reference(sample)
+    kind = task.output_kind
+    if reference is None:  # a task with nothing to compare with
+        return ""
+    if kind == "mask" or isinstance(reference, np.ndarray):
+        return f"mask of {int(np.asarray(reference).sum())} px"
+    if kind == "objects":
         return f"{len(reference)} objects"
-    if sample.task == "grounding":
+    if kind == "box":
         return "box " + ", ".join(f"{v:g}" for v in reference)
     return _short(reference)
-
-
-def _field_of(sample) -> str | None:
-    if sample.task == "vqa":
-        return sample.fields["question"]
-    if sample.task == "grounding":
-        return sample.fields["boxes"][0]["label"]
-    if sample.task == "segmentation":
-        return sample.fields["target"]
-    return None
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -130,26 +139,49 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 # --- generated examples ---------------------------------------------------------------------------------
+GENERATED_FIELDS: dict[str, dict[str, str]] = {
+    "generated-chest": {
+        "question": "is there a lesion in this slice?",
+        "structure": "lesion",
+        "text": "the lesion",
+    },
+    "generated-nuclei": {"question": "what modality is this?", "structure": "nuclei"},
+}
+"""Per drawn image, the values of the request fields (`Task.request_field`) that make sense for it."""
+GENERATED_BY_KIND: dict[str, tuple[str, ...]] = {
+    "text": ("generated-chest", "generated-nuclei"),
+    "answer": ("generated-chest", "generated-nuclei"),
+    "label": ("generated-chest", "generated-nuclei"),
+    "mask": ("generated-chest", "generated-nuclei"),
+    "box": ("generated-chest",),
+    "objects": ("generated-nuclei",),
+}
+"""Per output kind (`Task.output_kind`), the drawn images a task's tab offers: one nodule to find a box for, many
+nuclei to detect."""
+
+
 def generated_examples(cache_dir: Path) -> Examples:
-    """Two drawn images (a chest-CT-like slice with a nodule, fluorescent nuclei) with fields for every task."""
+    """Two drawn images (a chest-CT-like slice with a nodule, fluorescent nuclei) with fields for every served
+    task: the images suited to its output kind, with the value of its request field for each (an image without
+    one is left out; a task left with none gets the chest slice and its `field_example`)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    chest = cache_dir / "generated-chest.png"
-    cells = cache_dir / "generated-nuclei.png"
-    Image.fromarray(draw_chest_slice()).save(chest)
-    Image.fromarray(draw_nuclei()).save(cells)
+    paths = {name: cache_dir / f"{name}.png" for name in GENERATED_FIELDS}
+    Image.fromarray(draw_chest_slice()).save(paths["generated-chest"])
+    Image.fromarray(draw_nuclei()).save(paths["generated-nuclei"])
     note = "generated image, no reference answer"
-    return {
-        "caption": [Example(chest, None, note), Example(cells, None, note)],
-        "report": [Example(chest, None, note)],
-        "vqa": [
-            Example(chest, "is there a lesion in this slice?", note),
-            Example(cells, "what modality is this?", note),
-        ],
-        "classification": [Example(chest, None, note), Example(cells, None, note)],
-        "segmentation": [Example(chest, "lesion", note), Example(cells, "nuclei", note)],
-        "grounding": [Example(chest, "the lesion", note)],
-        "detection": [Example(cells, None, note)],
-    }
+    examples: Examples = {}
+    for name in SERVED_TASKS:
+        task = get_task(name)
+        field = task.request_field
+        chosen = [
+            Example(paths[image], None if field is None else GENERATED_FIELDS[image][field], note)
+            for image in GENERATED_BY_KIND.get(task.output_kind, ("generated-chest",))
+            if field is None or field in GENERATED_FIELDS[image]
+        ]
+        examples[name] = chosen or [
+            Example(paths["generated-chest"], None if field is None else task.field_example, note)
+        ]
+    return examples
 
 
 def draw_chest_slice(size: int = 256) -> np.ndarray:

@@ -20,12 +20,13 @@ class EvalConfig:
     """Held-out shards to score (brace patterns, globs or folders); empty: data.val_shards."""
     split: str = "test"
     """Which split of those shards to score when a folder or mixed shards are given."""
-    answer_shards: list[str] = field(default_factory=list)
-    """Shards whose TRAIN answers form the closed-set answer lists (VQA, classification); empty: data.shards."""
+    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
+    """The serving engine that answers the samples: auto is ONNX Runtime for an export folder, PyTorch otherwise."""
     tasks: list[str] = field(default_factory=list)
     """Tasks to score; empty: every task present in the shards."""
     prompt_modes: list[PromptMode] = field(default_factory=lambda: ["fixed", "eval"])
-    """fixed: BiomedGPT's prompts; eval: held-out paraphrases never seen in training. Each is reported."""
+    """fixed: the prompts the model folder records (those it was trained with); eval: held-out paraphrases
+    never seen in training. Each is reported."""
     max_samples: int | None = None
     """Score at most this many samples per task (null: all)."""
     batch_size: int = 16

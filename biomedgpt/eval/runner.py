@@ -1,10 +1,13 @@
-"""The evaluation runner: a checkpoint folder + held-out shards -> per-task metrics, report.json, predictions.jsonl.
+"""The evaluation runner: a model folder + held-out shards -> per-task metrics, report.json, predictions.jsonl.
 
-For every task present in the shards and every prompt mode (BiomedGPT's fixed prompts, and held-out paraphrases
-the model never saw in training), samples are decoded with the task's constraint (text / bins / codes) and, for
-closed-set tasks (VQA, classification), the answer trie built from the TRAIN split only, then postprocessed into
-structured outputs and scored with `biomedgpt.eval.metrics`. The checkpoint folder alone is enough: model,
-tokenizer and preprocessor are read from it (safetensors only).
+One inference path: every sample is answered by the serving `Engine` (`biomedgpt.serve.engine`), as the API
+answers a request for it, so eval's figures are the API's. For every task present in the shards and every prompt
+mode (the prompt the model folder records, and held-out paraphrases the model never saw in training), the task
+object says how to ask (`request_field`, templates), what the reference is (`reference`), what to score
+(`prediction`, `score`) and how its trivial baseline does (`baseline_scores`). Nothing here names a task.
+
+The model folder alone is enough: model (safetensors) or ONNX graphs, tokenizer, preprocessor, and what training
+recorded there: prompts (serving.json), closed-set answer lists (answers.json), baselines (baselines.json).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from biomedgpt.model.folders import resolve_checkpoint
 from biomedgpt.run_config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -55,171 +58,63 @@ def iter_samples(
                 yield sample
 
 
-def reference_of(sample) -> tuple[Any, dict[str, Any]]:
-    """The reference a task's metric compares with, plus per-sample metric options (VQA answer type)."""
-    fields, task = sample.fields, sample.task
-    if task in ("caption", "report", "text_infilling"):
-        return fields["text"], {}
-    if task == "summarization":
-        return fields["summary"], {}
-    if task == "vqa":
-        return fields["answer"], {"answer_type": fields.get("answer_type")}
-    if task == "classification":
-        return fields["label"], {}
-    if task == "grounding":
-        return fields["boxes"][0]["box"], {}
-    if task == "detection":
-        return [{"box": b["box"], "label": b["label"]} for b in fields["boxes"]], {}
-    if task == "segmentation":
-        return np.asarray(sample.mask) > 0, {}
-    return None, {}
-
-
-def prediction_of(task: str, output: dict[str, Any]) -> Any:
-    if task == "grounding":
-        return output.get("box")
-    if task == "detection":
-        return output.get("objects", [])
-    if task == "segmentation":
-        return output["mask"]
-    return output.get("text", "")
-
-
-def score(task: str, predictions: list, references: list, options: list[dict]) -> dict[str, float]:
-    from biomedgpt.eval.metrics import METRICS, compute
-
-    if task == "text_infilling":
-        from biomedgpt.eval.metrics import rouge_l, vqa_accuracy
-
-        exact = vqa_accuracy(predictions, references)["accuracy"]
-        return {"exact_match": exact, "rouge_l": rouge_l(predictions, references)}
-    if task not in METRICS:
-        return {}
-    extra: dict[str, Any] = {}
-    if task == "vqa":
-        types = [o.get("answer_type") for o in options]
-        if all(types):
-            extra["answer_types"] = types
-    return compute(task, predictions, references, **extra)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A model folder as is; a run folder or its checkpoints/ folder -> the checkpoint its `latest` file names."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    for root in (path, path / "checkpoints"):
-        pointer = root / "latest"
-        if pointer.is_file() and (root / pointer.read_text().strip() / "config.json").is_file():
-            return root / pointer.read_text().strip()
-    raise FileNotFoundError(
-        f"{path} is neither a model folder (config.json) nor a run with checkpoints/latest"
-    )
-
-
 class Evaluator:
-    """Decodes and scores one checkpoint; `run()` returns the report dict."""
+    """Scores one model folder through the serving `Engine`; `run()` returns the report and the predictions.
+
+    The engine is the one the API serves (`eval.engine`: PyTorch for a checkpoint, ONNX Runtime for an export),
+    so a sample is answered exactly as an API request for it would be. What the model folder records is used
+    as is: the prompt each task was trained with, the closed-set answer lists (answers.json) and the trivial
+    baselines fitted on the training split (baselines.json).
+    """
 
     def __init__(self, cfg: RunConfig, *, device: str = "cpu") -> None:
-        from biomedgpt.model.processing import load_pretrained
+        from biomedgpt.model.decode_spec import DecodeSpec
+        from biomedgpt.serve.engine import EngineLimits
+        from biomedgpt.serve.engines import load_engine
 
         checkpoint = cfg.eval.checkpoint
         if not checkpoint:
             raise ValueError("eval.checkpoint is not set: give a model or checkpoint folder")
         self.cfg = cfg
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.model, self.processor = load_pretrained(self.checkpoint, device=device)
-        self.tokenizer = self.processor.tokenizer
-        self.layout = self.tokenizer.layout
-        self.image_size = self.processor.image_processor.image_size
-        self.device = device
-        serving_file = self.checkpoint / "serving.json"
-        serving = json.loads(serving_file.read_text()) if serving_file.is_file() else {}
-        # Tasks whose decoder reads the prompt again before the answer (imported BiomedGPT VQA: prev_output).
-        self.decoder_prefix: dict[str, str] = dict(serving.get("decoder_prefix") or {})
+        kind = cfg.eval.engine
+        if kind == "auto":
+            kind = "onnxruntime" if (self.checkpoint / "encoder.onnx").is_file() else "torch"
+        options: dict[str, Any] = {"device": device} if kind == "torch" else {}
+        # Eval reads every prompt in full and may ask for long outputs: the limits are the model's, not a server's.
+        limits = EngineLimits(max_prompt_tokens=MAX_POSITIONS, max_new_tokens=MAX_POSITIONS)
+        self.engine = load_engine(self.checkpoint, engine=kind, limits=limits, **options)
+        self.engine.tasks = (
+            self.engine.trained_tasks
+        )  # served or not: eval scores every task the model learned
+        self.engine.defaults = DecodeSpec.from_config(cfg.generation)
+        self.baselines: dict[str, Any] = _read_json(self.checkpoint / "baselines.json")
 
-    def train_statistics(self, tasks: set[str]) -> tuple[dict[str, list[str]], dict[str, Any]]:
-        """From the TRAIN split of eval.answer_shards (default data.shards): the closed-set answer lists per task,
-        and the trivial baselines: the majority answer (VQA, classification) and the mean mask (segmentation)."""
-        from collections import Counter
+    def request(self, task, sample, mode: str):
+        """The API request for `sample` in prompt mode `mode`: "fixed" sends what a client sends (the task and its
+        field; the engine fills the prompt the model folder records), "eval" a held-out paraphrase as the
+        instruction (never seen in training)."""
+        from biomedgpt.model.image_processing import to_rgb_uint8
+        from biomedgpt.serve.types import TaskRequest
+        from biomedgpt.tasks.base import template_fields
 
-        from biomedgpt.tasks import get_task
-
-        wanted = {t for t in tasks if get_task(t).closed_set or t == "segmentation"}
-        patterns = self.cfg.eval.answer_shards or self.cfg.data.shards
-        if not wanted or not patterns:
-            if any(get_task(t).closed_set for t in tasks):
-                log.warning("no training shards given (data.shards): closed-set tasks decode open-ended")
-            return {}, {}
-        samples = list(iter_samples(resolve_shards(patterns, split="train"), split="train", tasks=wanted))
-        answers, baselines = {}, {}
-        for name in wanted:
-            task = get_task(name)
-            if task.closed_set:
-                answers[name] = task.candidate_answers(samples)
-                counts = Counter(task.answer_text(s) for s in samples if s.task == name)
-                if counts:
-                    baselines[name] = counts.most_common(1)[0][0]
-            elif name == "segmentation":
-                masks = [
-                    _resize_mask(s.mask, (64, 64)) for s in samples if s.task == name and s.mask is not None
-                ]
-                if masks:
-                    baselines[name] = np.mean(masks, axis=0) >= 0.5
-        return answers, baselines
-
-    def baseline_scores(self, name: str, refs: list, opts: list, baseline: Any) -> dict:
-        """Scores of the trivial baselines on the same samples, for comparison with the model."""
-        if name in ("vqa", "classification"):
-            return {"majority_answer": baseline, **_finite(score(name, [baseline] * len(refs), refs, opts))}
-        if name == "segmentation":
-            empty = score(name, [np.zeros_like(r) for r in refs], refs, opts)
-            mean = score(name, [_resize_mask(baseline, r.shape) for r in refs], refs, opts)
-            return {"empty_mask": _finite(empty), "mean_mask": _finite(mean)}
-        return {}
-
-    def _decoder_prefixes(self, task: str, batch) -> list[list[int]]:
-        from biomedgpt.model.constraints import decoder_prefix
-
-        bos, eos = self.layout.bos_id, self.layout.eos_id
-        rows = zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())
-        mode = self.decoder_prefix[task]
-        return [
-            decoder_prefix([t for t, m in zip(ids, mask) if m], mode, bos=bos, eos=eos) for ids, mask in rows
-        ]
-
-    def decode(self, task, samples: list, mode: str, answers: list[str] | None) -> list[dict[str, Any]]:
-        import torch
-
-        from biomedgpt.model.generation import DecodeOptions, generate
-
-        options = DecodeOptions.from_config(
-            self.cfg.generation,
-            min_new_tokens=0,
-            allowed_tokens=torch.from_numpy(task.allowed_token_mask(self.layout)),
-            trie=task.answer_trie(answers, self.tokenizer) if answers else None,
+        image = to_rgb_uint8(sample.image) if task.needs_image and sample.image is not None else None
+        template = self.engine.prompt_template(task)
+        if mode == "fixed" and template_fields(template) <= {task.request_field}:
+            slot = task.request_field
+            fields = {slot: task.request_value(sample)} if slot else {}
+            return TaskRequest(task=task.name, image=image, fields=fields)
+        if mode != "fixed":
+            template = task.choose_template(mode, key=sample.key)
+        return TaskRequest(
+            task=task.name, image=image, instruction=task.build_prompt(sample, template=template)
         )
-        if task.name == "segmentation":
-            from biomedgpt.tasks.segmentation_codec import max_tokens
 
-            options = replace(
-                options, max_new_tokens=max(options.max_new_tokens, max_tokens(self.image_size) + 1)
-            )
-        prompts = [task.build_prompt(s, template=task.choose_template(mode, key=s.key)) for s in samples]
-        images = [s.image if task.needs_image else None for s in samples]
-        batch = self.processor(text=prompts, images=images)
-        if "patch_images" in batch:
-            pixels = batch["patch_images"].numpy()
-            batch["patch_images"] = torch.from_numpy(np.stack([task.transform_pixels(p) for p in pixels]))
-        if self.decoder_prefix.get(task.name):
-            options = replace(options, decoder_prefixes=self._decoder_prefixes(task.name, batch))
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = generate(self.model, **batch, options=options)
-        results = []
-        for sample, ids in zip(samples, out.sequences.cpu()):
-            orig = (sample.image.shape[1], sample.image.shape[0]) if sample.image is not None else None
-            results.append(task.postprocess(ids, self.tokenizer, image_size=self.image_size, orig_size=orig))
-        return results
+    def decode(self, task, samples: list, mode: str) -> list[dict[str, Any]]:
+        """The engine's structured outputs for `samples` (decoded together, as concurrent API requests are)."""
+        engine = self.engine
+        prepared = [engine.prepare(self.request(task, s, mode)) for s in samples]
+        return [r.output for r in engine.run(prepared, max_rows=self.cfg.eval.batch_size)]
 
     def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from biomedgpt.tasks import get_task
@@ -237,9 +132,16 @@ class Evaluator:
             raise ValueError(
                 f"no {ecfg.split} samples{' of ' + ', '.join(sorted(wanted)) if wanted else ''} in {len(shards)} shards"
             )
-        answers, baselines = self.train_statistics(set(by_task))
+        missing = [t for t in by_task if get_task(t).closed_set and not self.engine.answers.get(t)]
+        if missing:
+            log.warning(
+                "%s has no answer list for %s (answers.json, written by training): they decode open-ended",
+                self.checkpoint,
+                ", ".join(sorted(missing)),
+            )
         report: dict[str, Any] = {
             "checkpoint": str(ecfg.checkpoint),
+            "engine": self.engine.name,
             "split": ecfg.split,
             "shards": [str(s) for s in shards],
             "tasks": {},
@@ -250,39 +152,45 @@ class Evaluator:
             task = get_task(name)
             samples = by_task[name]
             report["tasks"][name] = {"samples": len(samples)}
+            refs, opts = zip(*(task.reference(s) for s in samples))
             for mode in ecfg.prompt_modes:
-                preds, refs, opts = [], [], []
+                preds = []
                 for i in range(0, len(samples), ecfg.batch_size):
                     chunk = samples[i : i + ecfg.batch_size]
-                    for sample, output in zip(chunk, self.decode(task, chunk, mode, answers.get(name))):
-                        ref, opt = reference_of(sample)
-                        preds.append(prediction_of(name, output))
-                        refs.append(ref)
-                        opts.append(opt)
-                        predictions.append(
-                            {
-                                "key": sample.key,
-                                "task": name,
-                                "prompt_mode": mode,
-                                "prediction": _jsonable(prediction_of(name, output)),
-                                "reference": _jsonable(ref),
-                            }
-                        )
-                report["tasks"][name][mode] = _finite(score(name, preds, refs, opts))
-            if name in answers:
-                report["tasks"][name]["answer_list_size"] = len(answers[name])
-            if name in baselines:
-                report["tasks"][name]["baseline"] = self.baseline_scores(name, refs, opts, baselines[name])
+                    preds += [task.prediction(output) for output in self.decode(task, chunk, mode)]
+                predictions += [
+                    {
+                        "key": sample.key,
+                        "task": name,
+                        "prompt_mode": mode,
+                        "prediction": _jsonable(pred),
+                        "reference": _jsonable(ref),
+                    }
+                    for sample, pred, ref in zip(samples, preds, refs)
+                ]
+                report["tasks"][name][mode] = _finite(task.score(preds, list(refs), list(opts)))
+            if name in self.engine.answers:
+                report["tasks"][name]["answer_list_size"] = len(self.engine.answers[name])
+            if self.baselines.get(name) is not None:
+                scores = task.baseline_scores(self.baselines[name], samples, list(refs), list(opts))
+                report["tasks"][name]["baseline"] = {
+                    k: _finite(v) if isinstance(v, dict) else v for k, v in _finite(scores).items()
+                }
         report["seconds"] = round(time.perf_counter() - started, 2)
         return report, predictions
 
 
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a mask to (height, width), as float in {0, 1}."""
-    mask = np.asarray(mask) > 0
-    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0]).clip(0, mask.shape[0] - 1)
-    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1]).clip(0, mask.shape[1] - 1)
-    return mask[rows][:, cols].astype(np.float32)
+MAX_POSITIONS = 1024
+"""The longest prompt and output eval asks of an engine (the positions of OFA's largest models)."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
 def _jsonable(value: Any) -> Any:
@@ -293,7 +201,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _finite(scores: dict[str, float]) -> dict[str, float | None]:
+def _finite(scores: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
 
 

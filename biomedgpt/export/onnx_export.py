@@ -1,16 +1,19 @@
 """`biomedgpt export`: a checkpoint folder -> an export folder the ONNX Runtime engine serves.
 
-    encoder.onnx, decoder.onnx        the two graphs of `biomedgpt.export.graphs` (fp32)
+    encoder.onnx, decoder.onnx        the two graphs of `biomedgpt.model.graphs` (fp32)
     encoder.int8.onnx, decoder.int8.onnx   with --int8: dynamic int8 quantization, kept only if the gate passes
     config.json, tokenizer.json, tokenizer_config.json, preprocessor_config.json
-    serving.json                      model id, trained tasks, default decoding settings
-    answers.json                      closed-set answers per task, from the TRAIN split only
+    serving.json                      model id, default decoding settings, and what the checkpoint records:
+                                      trained tasks, the prompt of each
+    answers.json                      closed-set answers per task (TRAIN split), copied from the checkpoint
+    baselines.json                    trivial baselines per task (TRAIN split), copied when the checkpoint has them
     manifest.json                     graphs' inputs/outputs, opset, sha256 of every file, versions, parity, gate
 
 Exported with `torch.onnx.export(dynamo=True)` (the legacy exporter bakes sequence lengths into reshapes) with
 batch, text, image-grid, past and source axes dynamic; checked with `onnx.checker` (full check) and against
 PyTorch (`biomedgpt.export.parity`) before the folder is moved into place. The folder is written next to its
-destination and renamed at the end, so a failed export never replaces a good one.
+destination and renamed at the end, so a failed export never replaces a good one. What training recorded about its
+data (answers, baselines, prompts) is copied from the checkpoint folder: the training shards are never read here.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def export_checkpoint(
     """Export, check and (optionally) quantize; returns the manifest written to `out_dir/manifest.json`."""
     import torch
 
-    from biomedgpt.eval.runner import resolve_checkpoint
+    from biomedgpt.model.folders import resolve_checkpoint
     from biomedgpt.model.processing import load_pretrained
 
     options = options or ExportOptions()
@@ -83,12 +86,7 @@ def export_checkpoint(
             recorded = json.loads((source / "serving.json").read_text())
             serving.update({k: recorded[k] for k in RECORDED_SERVING_KEYS if k in recorded})
         (work / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
-        answers = (
-            json.loads((source / "answers.json").read_text()) if (source / "answers.json").is_file() else None
-        )
-        (work / "answers.json").write_text(
-            json.dumps(answers or closed_set_answers(run_cfg), indent=2) + "\n"
-        )
+        copy_recorded_files(source, work, tasks=serving["tasks"])
         from biomedgpt.export.parity import check_parity
 
         parity = check_parity(model, work, tolerance=options.parity_tolerance)
@@ -112,7 +110,7 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     from torch.export import Dim
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from biomedgpt.export.graphs import DecoderStepGraph, EncoderGraph, past_names, present_names
+    from biomedgpt.model.graphs import DecoderStepGraph, EncoderGraph, past_names, present_names
 
     config = model.config
     layers, heads = config.decoder_layers, config.decoder_attention_heads
@@ -197,6 +195,8 @@ def check_graphs(directory: Path, names: tuple[str, ...] = GRAPHS) -> None:
 
 # serving.json entries a model folder records when it is made (training or `biomedgpt import`), copied as is.
 RECORDED_SERVING_KEYS = ("tasks", "prompts", "decoder_prefix", "generation", "source")
+# Files a model folder records when it is made (training: from its TRAIN split; `biomedgpt import`), copied as is.
+RECORDED_FILES = ("answers.json", "baselines.json")
 
 
 def serving_metadata(model, run_cfg, model_id: str) -> dict[str, Any]:
@@ -226,21 +226,25 @@ def serving_metadata(model, run_cfg, model_id: str) -> dict[str, Any]:
     }
 
 
-def closed_set_answers(run_cfg) -> dict[str, list[str]]:
-    """Answers of the closed-set tasks from the TRAIN split of the run's shards ({} when they are not here)."""
-    from biomedgpt.eval.runner import iter_samples, resolve_shards
+def copy_recorded_files(source: Path, work: Path, *, tasks: list[str]) -> None:
+    """Copy answers.json and baselines.json as the checkpoint recorded them (training writes them from its TRAIN
+    split). A checkpoint without answers.json (written before training recorded them) is exported without one:
+    its closed-set tasks decode open-ended, and a warning says so."""
     from biomedgpt.tasks import get_task
 
-    if run_cfg is None or not run_cfg.data.shards:
-        return {}
-    try:
-        shards = resolve_shards(run_cfg.data.shards, split="train")
-    except FileNotFoundError as err:
-        log.warning("no answer lists: the training shards are not here (%s)", err)
-        return {}
-    closed = [t for t in ("vqa", "classification") if get_task(t).closed_set]
-    samples = list(iter_samples(shards, split="train", tasks=set(closed)))
-    return {name: answers for name in closed if (answers := get_task(name).candidate_answers(samples))}
+    for name in RECORDED_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, work / name)
+    closed = [t for t in tasks if get_task(t).closed_set]
+    if closed and not (source / "answers.json").is_file():
+        log.warning(
+            "%s has no answers.json (written before training recorded its closed-set answers, or trained on "
+            "shards it could not read): "
+            "%s will decode open-ended in the export; retrain, or add the TRAIN answers to the checkpoint folder "
+            "as answers.json ({task: [answer, ...]}) and export again",
+            source,
+            ", ".join(closed),
+        )
 
 
 def build_manifest(directory: Path, *, model, source: Path, parity: dict[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,9 @@ def check_parity(
 ) -> dict[str, Any]:
     import torch
 
-    from biomedgpt.export.graphs import EncoderGraph
-    from biomedgpt.model.generation import DecodeOptions, generate
-    from biomedgpt.serve.decoding import DecodeSpec
+    from biomedgpt.model.decode_spec import DecodeSpec
+    from biomedgpt.model.generation import generate
+    from biomedgpt.model.graphs import EncoderGraph
     from biomedgpt.serve.ort_engine import OrtDecoderStep, OrtEngine
 
     engine = OrtEngine(export_dir, verify=False)  # the folder being written: no manifest.json yet
@@ -70,7 +70,7 @@ def check_parity(
         case["logits_max_abs_diff"] = max(
             _diff(full[:, t], step.step(targets[:, t : t + 1])) for t in range(steps)
         )
-        options = DecodeOptions(max_new_tokens=12)
+        options = DecodeSpec(max_new_tokens=12)
         ref = generate(
             model,
             input_ids=torch.from_numpy(input_ids),

@@ -72,10 +72,11 @@ def evaluate_engine(
     directory: Path, precision: str, patterns, *, max_samples: int, split: str = "test"
 ) -> dict[str, dict[str, float]]:
     """Scores of the export folder's graphs (fp32 or int8) on `split` of `patterns`, per task and metric."""
-    from biomedgpt.eval.runner import iter_samples, prediction_of, reference_of, resolve_shards, score
+    from biomedgpt.eval.runner import iter_samples, resolve_shards
     from biomedgpt.model.image_processing import to_rgb_uint8
     from biomedgpt.serve.ort_engine import OrtEngine
-    from biomedgpt.serve.types import TASK_FIELDS, TaskRequest
+    from biomedgpt.serve.types import TaskRequest
+    from biomedgpt.tasks import get_task
 
     # The folder being written: its manifest (and the hashes) come after the gate.
     engine = OrtEngine(directory, precision=precision, verify=False)
@@ -84,32 +85,18 @@ def evaluate_engine(
         if sample.image is not None and len(by_task[sample.task]) < max_samples:
             by_task[sample.task].append(sample)
     results: dict[str, dict[str, float]] = {}
-    for task, samples in sorted(by_task.items()):
+    for name, samples in sorted(by_task.items()):
+        task = get_task(name)
         requests = []
         for sample in samples:
-            slot = TASK_FIELDS.get(task)
-            value = _slot_value(task, sample) if slot else None
-            requests.append(
-                TaskRequest(task=task, image=to_rgb_uint8(sample.image), fields={slot: value} if slot else {})
-            )
+            slot = task.request_field
+            fields = {slot: task.request_value(sample)} if slot else {}
+            requests.append(TaskRequest(task=name, image=to_rgb_uint8(sample.image), fields=fields))
         outputs = [r.output for r in engine.run([engine.prepare(q) for q in requests])]
-        refs = [reference_of(s) for s in samples]
-        results[task] = {
-            k: float(v)
-            for k, v in score(
-                task, [prediction_of(task, o) for o in outputs], [r for r, _ in refs], [o for _, o in refs]
-            ).items()
-            if isinstance(v, (int, float))
-        }
+        refs = [task.reference(s) for s in samples]
+        scores = task.score([task.prediction(o) for o in outputs], [r for r, _ in refs], [o for _, o in refs])
+        results[name] = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
     return results
-
-
-def _slot_value(task: str, sample) -> str:
-    if task == "vqa":
-        return sample.fields["question"]
-    if task == "grounding":
-        return sample.fields["boxes"][0]["label"]
-    return sample.fields["target"]
 
 
 def _remove_int8(directory: Path) -> None:

@@ -1,4 +1,4 @@
-"""The BiomedGPT model: configuration, modeling, generation, processor.
+"""The BiomedGPT model: configuration, modeling, generation, processor, building one from a run config.
 
 Imports are lazy so that `import biomedgpt.model.run_config` (typed run configs) does not pull in torch.
 `from biomedgpt.model import BiomedGPTForConditionalGeneration` imports torch and transformers on first use.
@@ -17,9 +17,11 @@ _EXPORTS = {
     "BiomedGPTProcessor": "biomedgpt.model.processing",
     "BiomedGPTImageProcessor": "biomedgpt.model.image_processing",
     "load_pretrained": "biomedgpt.model.processing",
-    "DecodeOptions": "biomedgpt.model.generation",
+    "DecodeSpec": "biomedgpt.model.decode_spec",
     "generate": "biomedgpt.model.generation",
     "AnswerTrie": "biomedgpt.model.constraints",
+    "build_model": "biomedgpt.model.build",
+    "build_processor": "biomedgpt.model.build",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,15 +1,22 @@
-"""Decoding constraints that need no torch: the answer trie and n-gram blocking.
+"""Decoding constraints that need no torch: the answer trie, n-gram blocking, and the per-step mask of both.
 
 Kept free of torch so that the ONNX Runtime engine (`biomedgpt.serve`) can decode with the same rules.
 
 - `AnswerTrie`: closed-set decoding as in OFA/BiomedGPT: at every step only tokens that continue one of the
   candidate answers (each ending with eos) are allowed, so the output is always a listed answer.
 - `banned_ngram_tokens`: the tokens that would repeat an n-gram already present (fairseq's `no_repeat_ngram_size`).
+- `Constraints`: a `DecodeSpec`'s rules as one additive mask per step, for the PyTorch loop and the engines alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
 
 
 class AnswerTrie:
@@ -99,3 +106,41 @@ def decoder_prefix(prompt_ids: Sequence[int], mode: str | None, *, bos: int, eos
     if mode == "prompt" and ids and ids[-1] == eos:
         ids = ids[:-1]
     return ids
+
+
+class Constraints:
+    """The additive (rows, V) mask of one step, from a `DecodeSpec` and each row's generated tokens: the token
+    range (`allowed_tokens`, eos always allowed), `min_new_tokens`, the answer trie and n-gram blocking. The one
+    constraint builder: the PyTorch loop and the engines' numpy sequences both apply it."""
+
+    def __init__(self, spec: DecodeSpec, ids: SpecialIds, vocab_size: int) -> None:
+        self.spec = spec
+        if spec.allowed_tokens is not None:
+            allowed = np.asarray(spec.allowed_tokens, dtype=bool).copy()
+        else:
+            allowed = np.ones(vocab_size, dtype=bool)
+            allowed[[ids.pad, ids.bos, ids.decoder_start]] = False
+        allowed[ids.eos] = True
+        self.base = np.where(allowed, 0.0, -np.inf).astype(np.float32)  # (V,)
+        self.no_eos = self.base.copy()
+        self.no_eos[ids.eos] = -np.inf
+
+    def __call__(self, generated: int | Sequence[int], rows: list[list[int]]) -> np.ndarray:
+        """`generated`: tokens generated so far, for every row or per row; `rows`: each row's tokens so far."""
+        if isinstance(generated, int):
+            base = self.no_eos if generated < self.spec.min_new_tokens else self.base
+            mask = np.broadcast_to(base, (len(rows), base.shape[0]))
+        else:
+            mask = np.stack([self.no_eos if g < self.spec.min_new_tokens else self.base for g in generated])
+        if self.spec.trie is None and self.spec.no_repeat_ngram_size <= 0:
+            return mask
+        mask = mask.copy()
+        for i, tokens in enumerate(rows):
+            if self.spec.trie is not None:
+                keep = self.spec.trie.allowed(tokens)
+                row = np.full_like(mask[i], -np.inf)
+                row[keep] = mask[i, keep]
+                mask[i] = row
+            for token in banned_ngram_tokens(tokens, self.spec.no_repeat_ngram_size):
+                mask[i, token] = -np.inf
+        return mask

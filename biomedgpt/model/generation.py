@@ -16,57 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from biomedgpt.model.cache import StaticKVCache
-from biomedgpt.model.constraints import AnswerTrie, banned_ngram_tokens
-
-
-@dataclass(kw_only=True)
-class DecodeOptions:
-    """How to decode; the defaults give greedy decoding of up to 64 tokens."""
-
-    max_new_tokens: int = 64
-    """Most tokens generated per sample, eos included."""
-    min_new_tokens: int = 0
-    """eos is forbidden before this many tokens."""
-    num_beams: int = 1
-    """1 = greedy; more = beam search."""
-    length_penalty: float = 1.0
-    """Beam score = sum of log-probs / length ** length_penalty."""
-    no_repeat_ngram_size: int = 0
-    """Forbid repeating any n-gram of this size (0 = off)."""
-    allowed_tokens: torch.Tensor | None = None
-    """(V,) bool: tokens that may be generated (see `biomedgpt.tokenization.ranges`); None = all but specials."""
-    trie: AnswerTrie | None = None
-    """Closed-set answers: only sequences of the trie can be produced."""
-    decoder_prefixes: list[list[int]] | None = None
-    """Per sample, tokens forced after the start token before generation begins (not scored, not returned,
-    unseen by the constraints; `max_new_tokens` counts the tokens after them)."""
-
-    @classmethod
-    def from_config(cls, generation, **overrides) -> DecodeOptions:
-        """From a run config's `generation:` section (`GenerationConfig`), with any field overridden."""
-        fields = {
-            name: getattr(generation, name)
-            for name in (
-                "max_new_tokens",
-                "min_new_tokens",
-                "num_beams",
-                "length_penalty",
-                "no_repeat_ngram_size",
-            )
-        }
-        return cls(**{**fields, **overrides})
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must be in 0..max_new_tokens, got {self.min_new_tokens}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+from biomedgpt.model.constraints import Constraints
+from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
 
 
 @dataclass
@@ -116,40 +72,21 @@ def _expand_encoder_outputs(encoder_outputs, times: int):
 
 
 class _Constraints:
-    """Builds the additive (N, V) mask of one step from the options and each row's tokens so far."""
+    """`Constraints` (numpy, shared with the engines) as a (N, V) tensor on the model's device."""
 
-    def __init__(self, options: DecodeOptions, config, vocab_size: int, device: torch.device) -> None:
-        self.options = options
-        self.eos = config.eos_token_id
-        if options.allowed_tokens is not None:
-            allowed = options.allowed_tokens.to(device=device, dtype=torch.bool).clone()
-        else:
-            allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
-            allowed[[config.pad_token_id, config.bos_token_id, config.decoder_start_token_id]] = False
-        allowed[self.eos] = True
-        self.base = torch.zeros(vocab_size, device=device).masked_fill(~allowed, float("-inf"))  # (V,)
-        self.no_eos = self.base.clone()
-        self.no_eos[self.eos] = float("-inf")
+    def __init__(self, options: DecodeSpec, config, vocab_size: int, device: torch.device) -> None:
+        ids = SpecialIds(
+            pad=config.pad_token_id,
+            bos=config.bos_token_id,
+            eos=config.eos_token_id,
+            decoder_start=config.decoder_start_token_id,
+        )
+        self.rules = Constraints(options, ids, vocab_size)
+        self.device = device
 
     def __call__(self, step: int | list[int], rows: list[list[int]]) -> torch.Tensor:
         """`step`: tokens generated so far, for all rows or per row."""
-        if isinstance(step, int):
-            base = self.no_eos if step < self.options.min_new_tokens else self.base
-            mask = base.expand(len(rows), -1)
-        else:
-            mask = torch.stack([self.no_eos if s < self.options.min_new_tokens else self.base for s in step])
-        if self.options.trie is None and self.options.no_repeat_ngram_size <= 0:
-            return mask
-        mask = mask.clone()
-        for i, tokens in enumerate(rows):
-            if self.options.trie is not None:
-                keep = torch.tensor(self.options.trie.allowed(tokens), device=mask.device)
-                row = torch.full_like(mask[i], float("-inf"))
-                row[keep] = mask[i, keep]
-                mask[i] = row
-            for token in banned_ngram_tokens(tokens, self.options.no_repeat_ngram_size):
-                mask[i, token] = float("-inf")
-        return mask
+        return torch.from_numpy(np.array(self.rules(step, rows), dtype=np.float32)).to(self.device)
 
 
 @torch.no_grad()
@@ -161,10 +98,10 @@ def generate(
     patch_images: torch.Tensor | None = None,
     patch_masks: torch.Tensor | None = None,
     code_masks: torch.Tensor | None = None,
-    options: DecodeOptions | None = None,
+    options: DecodeSpec | None = None,
 ) -> GenerationOutput:
     """Decode from a `BiomedGPTForConditionalGeneration` with our loop (greedy when num_beams == 1)."""
-    options = options or DecodeOptions()
+    options = options or DecodeSpec()
     encoder_outputs = model.get_encoder()(
         input_ids, attention_mask=attention_mask, patch_images=patch_images, patch_masks=patch_masks
     )
@@ -173,10 +110,14 @@ def generate(
 
 @torch.no_grad()
 def decode(
-    model, encoder_outputs, *, code_masks: torch.Tensor | None = None, options: DecodeOptions | None = None
+    model, encoder_outputs, *, code_masks: torch.Tensor | None = None, options: DecodeSpec | None = None
 ) -> GenerationOutput:
     """Decode from precomputed encoder outputs (greedy when num_beams == 1, else beam search)."""
-    options = options or DecodeOptions()
+    options = options or DecodeSpec()
+    if options.do_sample:
+        raise ValueError(
+            "the PyTorch loop decodes greedy or with beams; sampling runs in the engines' scheduler"
+        )
     batch = encoder_outputs.last_hidden_state.shape[0]
     if options.decoder_prefixes is not None and len(options.decoder_prefixes) != batch:
         raise ValueError(f"decoder_prefixes has {len(options.decoder_prefixes)} rows for a batch of {batch}")
@@ -206,7 +147,7 @@ class _Prefixes:
         return logprobs
 
 
-def _greedy(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
+def _greedy(model, encoder_outputs, code_masks, options: DecodeSpec) -> GenerationOutput:
     config = model.config
     batch = encoder_outputs.last_hidden_state.shape[0]
     device = encoder_outputs.last_hidden_state.device
@@ -243,7 +184,7 @@ def _greedy(model, encoder_outputs, code_masks, options: DecodeOptions) -> Gener
     return GenerationOutput(sequences=out[:, : max(1, int(written.max()))], scores=scores)
 
 
-def _beam_search(model, encoder_outputs, code_masks, options: DecodeOptions) -> GenerationOutput:
+def _beam_search(model, encoder_outputs, code_masks, options: DecodeSpec) -> GenerationOutput:
     config = model.config
     beams = options.num_beams
     batch = encoder_outputs.last_hidden_state.shape[0]

@@ -292,7 +292,7 @@ def create_app_from_config(config: ServeConfig) -> FastAPI:
         raise ValueError("no model: set `model` (biomedgpt serve --model DIR)")
 
     def load() -> Engine:
-        from biomedgpt.serve.engine import load_engine
+        from biomedgpt.serve.engines import load_engine
 
         extra: dict = {"num_threads": config.num_threads} if config.num_threads else {}
         extra["verify"] = config.verify_files

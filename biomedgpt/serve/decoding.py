@@ -1,5 +1,8 @@
 """Decoding settings, and a fixed batch decoded in numpy around any one-step decoder.
 
+The settings are `biomedgpt.model.decode_spec.DecodeSpec`, the one decoding-settings type of the project (the
+PyTorch loop, the engines and eval take it); they are imported here for the serving modules.
+
 ONNX Runtime has no generation operator for a custom encoder-decoder, so decoding runs here, with the same
 rules as the PyTorch loop (`biomedgpt.model.generation`): token-range restriction, the closed-set
 `AnswerTrie`, `min_new_tokens`, `no_repeat_ngram_size`, beam search with a length penalty (score / length **
@@ -13,61 +16,13 @@ No torch here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from biomedgpt.model.constraints import AnswerTrie
-from biomedgpt.serve.sequences import Constraints, Sequence, log_softmax, logsumexp, new_sequence
-
-
-@dataclass(kw_only=True)
-class DecodeSpec:
-    """How to decode one batch (the torch-free twin of `biomedgpt.model.generation.DecodeOptions`)."""
-
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    allowed_tokens: np.ndarray | None = None
-    """(V,) bool: tokens that may be generated; None = all but pad, bos and the start token."""
-    trie: AnswerTrie | None = None
-    decoder_prefixes: list[list[int]] | None = None
-    """Per sample, tokens forced after the start token before generation begins: conditioning only (not
-    scored, not returned, unseen by the constraints; `max_new_tokens` counts the tokens after them)."""
-    do_sample: bool = False
-    """Sample (temperature, top_k, top_p) instead of taking the most likely token; beam search never samples."""
-    temperature: float = 1.0
-    top_k: int = 0
-    """Sample among the k most likely tokens (0 = all)."""
-    top_p: float = 1.0
-    """Sample among the most likely tokens whose probabilities sum to top_p (1 = all)."""
-    seed: int | None = None
-    """The same seed gives the same tokens (sample b of a batch uses seed + b)."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must be in 0..max_new_tokens, got {self.min_new_tokens}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SpecialIds:
-    pad: int
-    bos: int
-    eos: int
-    decoder_start: int
+from biomedgpt.model.constraints import Constraints
+from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
+from biomedgpt.serve.sequences import Sequence, log_softmax, logsumexp, new_sequence
 
 
 class StepDecoder(Protocol):

@@ -34,17 +34,14 @@ import numpy as np
 
 from biomedgpt.hashing import verify_files
 from biomedgpt.model.constraints import AnswerTrie, decoder_prefix
+from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
 from biomedgpt.model.image_processing import BiomedGPTImageProcessor
-from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
 from biomedgpt.serve.scheduler import Job, Scheduler, SchedulerLimits
 from biomedgpt.serve.sequences import Constraints, new_sequence
 from biomedgpt.serve.tokenizer import ServeTokenizer
-from biomedgpt.serve.types import SERVED_TASKS, TASK_FIELDS, RequestError, TaskRequest, TaskResult
+from biomedgpt.serve.types import SERVED_TASKS, RequestError, TaskRequest, TaskResult
 
 log = logging.getLogger(__name__)
-
-TEXT_ONLY_TASKS = ("caption", "report", "vqa", "classification")
-"""Tasks a request without an image may ask for: their answer is text (boxes and masks need an image)."""
 
 
 @dataclass(kw_only=True)
@@ -118,7 +115,14 @@ class Engine(abc.ABC):
         self.model_id: str = serving.get("model_id") or self.model_dir.name
         self.defaults = DecodeSpec(**serving.get("generation", {}))
         self.max_target_positions: int = serving.get("max_target_positions", 1024)
-        self.tasks: tuple[str, ...] = trained_tasks(self.model_dir, serving)
+        self.trained_tasks: tuple[str, ...] = trained_tasks(self.model_dir, serving)
+        """Every task the folder says its model learned, served or not (eval answers them all)."""
+        self.tasks: tuple[str, ...] = tuple(t for t in SERVED_TASKS if t in self.trained_tasks)
+        """The tasks the API answers: the trained tasks a server may offer (`Task.served`)."""
+        if not self.tasks:
+            log.warning(
+                "%s was trained on no served task (%s)", self.model_dir, ", ".join(self.trained_tasks)
+            )
         self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
         # The prompt each task was trained with, as the model folder records it (imports: BiomedGPT's own).
         self.prompts: dict[str, str] = dict(serving.get("prompts") or {})
@@ -156,7 +160,6 @@ class Engine(abc.ABC):
 
         Cheap (no pixels): the server calls it before it spends anything on decoding the upload.
         """
-        from biomedgpt.data.schema import Sample
         from biomedgpt.tasks import get_task
 
         if request.task not in self.tasks:
@@ -167,14 +170,11 @@ class Engine(abc.ABC):
             if not prompt.strip():
                 raise RequestError("the instruction is empty", field="instruction")
         else:
-            slot = TASK_FIELDS.get(request.task)
+            slot = task.request_field
             value = (request.fields.get(slot) or "").strip() if slot else ""
             if slot and not value:
                 raise RequestError(f"task {request.task} needs the field {slot!r}", field=slot)
-            sample = Sample(
-                key="request", task=request.task, split="test", fields=_sample_fields(request.task, value)
-            )
-            prompt = task.build_prompt(sample, template=self.prompts.get(request.task))
+            prompt = task.build_prompt(task.request_sample(value), template=self.prompt_template(task))
         prompt_ids = self.tokenizer.encode_prompt(prompt)
         if len(prompt_ids) > self.limits.max_prompt_tokens:
             raise RequestError(
@@ -208,14 +208,15 @@ class Engine(abc.ABC):
         return RequestPlan(prompt, prompt_ids, max_new, beams, use_trie, token_cap=cap)
 
     def prepare(self, request: TaskRequest) -> Prepared:
-        """`plan` the request, then check and preprocess its image (none: a text-only request, for the tasks in
-        `TEXT_ONLY_TASKS`); `RequestError` (4xx) names what is wrong."""
+        """`plan` the request, then check and preprocess its image (none: a text-only request, for the tasks whose
+        answer is text, `Task.text_output`); `RequestError` (4xx) names what is wrong."""
         from biomedgpt.tasks import get_task
 
         plan = self.plan(request)
+        task = get_task(request.task)
         if request.image is None:
             # Text only, as OFA runs text tasks: the encoder sees the prompt and no image (patch_masks off).
-            if request.task not in TEXT_ONLY_TASKS:
+            if not task.text_output:
                 raise RequestError(f"task {request.task} needs an image", field="image")
             return Prepared(
                 request,
@@ -234,7 +235,6 @@ class Engine(abc.ABC):
                 status=413,
                 field="image",
             )
-        task = get_task(request.task)
         pixels = task.transform_pixels(self.image_processor.preprocess_one(request.image))
         # The upload is no longer needed: drop it, so a request waiting for its batch holds only `pixels`.
         request = dataclasses.replace(request, image=None)
@@ -257,11 +257,15 @@ class Engine(abc.ABC):
         return f"unknown task {task!r}; this model serves: {served}"
 
     def default_max_new_tokens(self, task: str) -> int:
-        if task == "segmentation":
-            from biomedgpt.tasks.segmentation_codec import max_tokens
+        from biomedgpt.tasks import get_task
 
-            return max(self.defaults.max_new_tokens, max_tokens(self.image_size) + 1)
-        return self.defaults.max_new_tokens
+        return get_task(task).default_max_new_tokens(self.defaults.max_new_tokens, image_size=self.image_size)
+
+    def prompt_template(self, task) -> str:
+        """The instruction `task` was trained with, as the model folder records it (serving.json `prompts`); a
+        folder that records none was trained with BiomedGPT's (`Task.biomedgpt_prompt`)."""
+        recorded = self.prompts.get(task.name)
+        return recorded if recorded is not None else task.biomedgpt_prompt
 
     # --- running -----------------------------------------------------------------------------------
     def step_model(self):
@@ -340,7 +344,7 @@ class Engine(abc.ABC):
             tokens, self.tokenizer, image_size=self.image_size, orig_size=item.orig_size
         )
         if task.closed_set:
-            output["label" if task.name == "classification" else "answer"] = output.get("text", "")
+            output[task.output_kind] = output.get("text", "")
             output["score"] = math.exp(score) if item.num_beams == 1 else None
         return TaskResult(task=task.name, prompt=item.prompt, output=output, tokens=tokens, score=score)
 
@@ -369,19 +373,11 @@ class Engine(abc.ABC):
         }
 
 
-def _sample_fields(task: str, value: str) -> dict[str, Any]:
-    """The minimal `Sample.fields` a task's `prompt_fields` reads."""
-    if task == "vqa":
-        return {"question": value, "answer": ""}
-    if task == "grounding":
-        return {"boxes": [{"label": value, "box": [0, 0, 1, 1]}]}
-    if task == "segmentation":
-        return {"target": value}
-    return {}
-
-
 def trained_tasks(model_dir: Path, serving: dict[str, Any]) -> tuple[str, ...]:
-    """The image tasks a model folder says its model was trained on (module docstring: "Served tasks")."""
+    """The tasks a model folder says its model was trained on, known ones only (module docstring: "Served
+    tasks"); a folder that says nothing: every task."""
+    from biomedgpt.tasks import TASKS
+
     recorded = serving.get("tasks") or None
     if recorded is None:
         recorded = _mixture_tasks(model_dir / "run_config.yaml")
@@ -391,13 +387,10 @@ def trained_tasks(model_dir: Path, serving: dict[str, Any]) -> tuple[str, ...]:
             "image task",
             model_dir,
         )
-        return SERVED_TASKS
+        return tuple(TASKS)
     if not isinstance(recorded, list) or not all(isinstance(t, str) for t in recorded):
         raise ValueError(f"{model_dir / 'serving.json'}: `tasks` must be a list of task names")
-    tasks = tuple(t for t in SERVED_TASKS if t in recorded)
-    if not tasks:
-        log.warning("%s was trained on no image task (%s): it serves none", model_dir, ", ".join(recorded))
-    return tasks
+    return tuple(t for t in TASKS if t in recorded)
 
 
 def _mixture_tasks(path: Path) -> list[str] | None:
@@ -425,31 +418,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
-
-
-def engine_class(engine: str) -> type[Engine]:
-    """The class of the engine called `engine` (importing it imports no torch)."""
-    if engine == "onnxruntime":
-        from biomedgpt.serve.ort_engine import OrtEngine
-
-        return OrtEngine
-    if engine == "torch":
-        from biomedgpt.serve.torch_engine import TorchEngine
-
-        return TorchEngine
-    raise ValueError(f"unknown engine {engine!r}; expected 'onnxruntime' or 'torch'")
-
-
-def verify_model_folder(model_dir: str | Path, *, engine: str = "onnxruntime", **options: Any) -> list[str]:
-    """What loading `model_dir` with `engine` checks first, on its own (`biomedgpt serve` before it starts)."""
-    return engine_class(engine).verify_folder(model_dir, **options)
-
-
-def load_engine(
-    model_dir: str | Path, *, engine: str = "onnxruntime", limits: EngineLimits | None = None, **kwargs: Any
-) -> Engine:
-    """The engine called `engine` over `model_dir` ("onnxruntime" needs an export folder; "torch" a checkpoint).
-
-    `verify=False` in `kwargs` skips checking the files against the folder's manifest.json (`--no-verify`).
-    """
-    return engine_class(engine)(model_dir, limits=limits, **kwargs)

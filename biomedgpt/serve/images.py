@@ -3,7 +3,7 @@
 Accepted: PNG, JPEG, WebP, BMP, TIFF and DICOM, recognised by their leading bytes (never by a file name or a
 content type a client chose). Each format is opened with its own Pillow plugin class rather than `Image.open`,
 so none of Pillow's other formats is reachable and Pillow's global decompression-bomb limit (89,478,485 pixels)
-never pre-empts ours. DICOM goes through the shard reader (`biomedgpt.data.imageio.load_dicom_bytes`):
+never pre-empts ours. DICOM goes through the shard reader (`biomedgpt.ingest.imageio.load_dicom_bytes`):
 de-identified before its pixels are touched, then windowed as shards are.
 
 Three steps, each bounded:
@@ -192,8 +192,8 @@ def clean_message(err: BaseException, *, limit: int = 160) -> str:
 @contextmanager
 def _decoder_errors(fmt: str) -> Iterator[None]:
     """Any decoder failure as a 4xx that names the format: the bytes are the client's, so is the fault."""
-    from biomedgpt.data.deid import BurnedInAnnotationError
-    from biomedgpt.data.dicom import DicomDecoderError
+    from biomedgpt.ingest.deid import BurnedInAnnotationError
+    from biomedgpt.ingest.dicom import DicomDecoderError
 
     try:
         yield
@@ -273,7 +273,7 @@ def _pillow_header(fmt: str, img: ImageFile.ImageFile, limits: ImageLimits) -> I
 
 
 def _dicom_header(data: bytes, limits: ImageLimits) -> ImageHeader:
-    from biomedgpt.data.imageio import NamedBytes, dicom_geometry
+    from biomedgpt.ingest.imageio import NamedBytes, dicom_geometry
 
     columns, rows, frames = dicom_geometry(NamedBytes(data, _UPLOAD_NAME))
     if frames > 1:
@@ -314,7 +314,7 @@ def _mib(n: int) -> str:
 
 
 def _decode_pillow(img: ImageFile.ImageFile, header: ImageHeader, limits: ImageLimits) -> DecodedImage:
-    from biomedgpt.data.imageio import exif_orientation, oriented_size, pil_pixels
+    from biomedgpt.ingest.imageio import exif_orientation, oriented_size, pil_pixels
 
     orientation = exif_orientation(img)
     orig_size = oriented_size(img)
@@ -341,7 +341,7 @@ def _reduced(img: Image.Image, working_side: int) -> Image.Image:
 
 
 def _decode_dicom(data: bytes, header: ImageHeader, limits: ImageLimits) -> DecodedImage:
-    from biomedgpt.data.imageio import NamedBytes, load_dicom_bytes
+    from biomedgpt.ingest.imageio import NamedBytes, load_dicom_bytes
 
     loaded = load_dicom_bytes(NamedBytes(data, _UPLOAD_NAME), max_pixels=limits.max_pixels)
     image = _rgb(loaded.pixels)

@@ -2,9 +2,10 @@
 
 Image: at most one, as an `image_url` part with a base64 data URL, in any message. Without one the request is
 text only, as OFA runs text: the encoder sees the prompt with its image tokens masked. That serves the text
-tasks (caption, report, vqa, classification) and free instructions; grounding, detection and segmentation need
-the image. The task is pinned by the model name (`<model_id>:vqa`) or the extra body field `task`; a bare
-`<model_id>` means a free instruction, answered as open text (task "caption" with the words as the prompt).
+tasks (those whose answer is text: `Task.text_output`) and free instructions; tasks that answer with boxes or
+masks need the image. The task is pinned by the model name (`<model_id>:vqa`) or the extra body field `task`; a
+bare `<model_id>` means a free instruction, answered as open text (the task that `Task.answers_free_instructions`,
+captioning, with the words as the prompt).
 
 Messages -> prompt, one rule: the text of every system and developer message (in their order), then the
 user and assistant turns before the last user message (in their order), then the last user message, joined
@@ -53,8 +54,8 @@ from typing import Any, TypeVar
 from biomedgpt.serve.payloads import content_text, image_bytes_from_url
 from biomedgpt.serve.schemas import ChatBody, ChatMessage, ImagePart, TextPart
 from biomedgpt.serve.types import TASK_FIELDS, RequestError, Sampling
+from biomedgpt.tasks import free_instruction_task
 
-FREE_TASK = "caption"
 MAX_CHOICES = 8
 """The most choices (`n`) one request may ask for."""
 SEED_RANGE = 2**64
@@ -129,7 +130,7 @@ def plan_chat(body: ChatBody, *, model_id: str, tasks: Sequence[str]) -> ChatPla
     task = _pinned_task(body, model_id=model_id, tasks=tasks)
     system, history, last = _conversation(body.messages)
     plan = ChatPlan(
-        task=task or FREE_TASK,
+        task=task or free_instruction_task(),
         image=_one_image(body.messages),
         slot=TASK_FIELDS.get(task or ""),
         system=system,

@@ -1,7 +1,7 @@
 """The ONNX Runtime engine: the exported encoder and decoder-step graphs driven by our numpy decoding loop.
 
 No torch: `pip install biomedgpt[serve]` brings onnxruntime, numpy, Pillow and tokenizers only. The graphs and
-their input/output names are described in `biomedgpt.export.graphs` and in the export folder's manifest.json.
+their input/output names are described in `biomedgpt.model.graphs` and in the export folder's manifest.json.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from biomedgpt.errors import UserError
-from biomedgpt.serve.decoding import DecodeSpec, decode
+from biomedgpt.model.decode_spec import DecodeSpec
+from biomedgpt.serve.decoding import decode
 from biomedgpt.serve.engine import Engine, EngineLimits
 
 PRECISIONS = ("fp32", "int8")

@@ -109,7 +109,7 @@ def content_text(task: str, rendered: dict[str, Any]) -> str:
     for key in ("answer", "label", "text"):
         if isinstance(rendered.get(key), str):
             return rendered[key]
-    if task == "segmentation" and isinstance(rendered.get("mask"), dict):
+    if isinstance(rendered.get("mask"), dict):  # a mask task: the RLE, without the PNG
         shown = {k: v for k, v in rendered["mask"].items() if k != "png"}
         return json.dumps({"mask": shown}, separators=(",", ":"))
     return json.dumps(rendered, separators=(",", ":"))

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class StepModel(Protocol):
-    """The two calls the scheduler makes (the exported graphs' signatures, `biomedgpt.export.graphs`)."""
+    """The two calls the scheduler makes (the exported graphs' signatures, `biomedgpt.model.graphs`)."""
 
     num_layers: int
     num_heads: int

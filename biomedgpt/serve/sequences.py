@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from biomedgpt.model.constraints import banned_ngram_tokens
+from biomedgpt.model.constraints import Constraints
 
 if TYPE_CHECKING:
-    from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
+    from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -39,39 +39,6 @@ def logsumexp(logits: np.ndarray) -> np.ndarray:
     """(..., V) -> (...): one pass over a whole step's rows (the scheduler computes it once per step)."""
     top = logits.max(axis=-1, keepdims=True)
     return (np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)) + top)[..., 0]
-
-
-class Constraints:
-    """The additive (rows, V) mask of one step, from the spec and each row's generated tokens."""
-
-    def __init__(self, spec: DecodeSpec, ids: SpecialIds, vocab_size: int) -> None:
-        self.spec = spec
-        if spec.allowed_tokens is not None:
-            allowed = np.asarray(spec.allowed_tokens, dtype=bool).copy()
-        else:
-            allowed = np.ones(vocab_size, dtype=bool)
-            allowed[[ids.pad, ids.bos, ids.decoder_start]] = False
-        allowed[ids.eos] = True
-        self.base = np.where(allowed, 0.0, -np.inf).astype(np.float32)  # (V,)
-        self.no_eos = self.base.copy()
-        self.no_eos[ids.eos] = -np.inf
-
-    def __call__(self, generated: int, rows: list[list[int]]) -> np.ndarray:
-        """`generated`: tokens generated so far (the same for every row of one sequence)."""
-        base = self.no_eos if generated < self.spec.min_new_tokens else self.base
-        mask = np.broadcast_to(base, (len(rows), base.shape[0]))
-        if self.spec.trie is None and self.spec.no_repeat_ngram_size <= 0:
-            return mask
-        mask = mask.copy()
-        for i, tokens in enumerate(rows):
-            if self.spec.trie is not None:
-                keep = self.spec.trie.allowed(tokens)
-                row = np.full_like(mask[i], -np.inf)
-                row[keep] = mask[i, keep]
-                mask[i] = row
-            for token in banned_ngram_tokens(tokens, self.spec.no_repeat_ngram_size):
-                mask[i, token] = -np.inf
-        return mask
 
 
 class Sequence(abc.ABC):

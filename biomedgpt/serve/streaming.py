@@ -43,8 +43,6 @@ from biomedgpt.serve.types import RequestError
 
 log = logging.getLogger(__name__)
 
-STREAMED_TASKS = ("caption", "report", "vqa", "classification")
-"""Tasks whose answer is the decoded text itself, so it can be sent as it is decoded."""
 DONE = b"data: [DONE]\n\n"
 
 
@@ -177,7 +175,10 @@ class ChatStream:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
-        incremental = self.task in STREAMED_TASKS
+        from biomedgpt.tasks import get_task
+
+        # A task whose answer is the decoded text itself (`Task.text_output`) is sent as it is decoded.
+        incremental = get_task(self.task).text_output
         self.choices = [
             _Choice(TextStream(self.tokenizer, eos=self.eos, stop=self.stop, incremental=incremental))
             for _ in self.items

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from biomedgpt.serve.decoding import DecodeSpec
+from biomedgpt.model.decode_spec import DecodeSpec
 from biomedgpt.serve.engine import Engine, EngineLimits
 
 # Files of a model folder that `load_pretrained` (transformers) may read.
@@ -43,7 +43,7 @@ class TorchEngine(Engine):
     ) -> None:
         import torch
 
-        from biomedgpt.eval.runner import resolve_checkpoint
+        from biomedgpt.model.folders import resolve_checkpoint
         from biomedgpt.model.processing import load_pretrained
 
         if num_threads:
@@ -72,7 +72,7 @@ class TorchEngine(Engine):
 
     @classmethod
     def verify_folder(cls, model_dir: str | Path, **options: Any) -> list[str]:
-        from biomedgpt.eval.runner import resolve_checkpoint
+        from biomedgpt.model.folders import resolve_checkpoint
 
         return super().verify_folder(resolve_checkpoint(model_dir), **options)
 
@@ -89,23 +89,13 @@ class TorchEngine(Engine):
     ) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from biomedgpt.model.generation import DecodeOptions, generate
+        from biomedgpt.model.generation import generate
 
-        options = DecodeOptions(
-            max_new_tokens=spec.max_new_tokens,
-            min_new_tokens=spec.min_new_tokens,
-            num_beams=spec.num_beams,
-            length_penalty=spec.length_penalty,
-            no_repeat_ngram_size=spec.no_repeat_ngram_size,
-            allowed_tokens=torch.from_numpy(spec.allowed_tokens) if spec.allowed_tokens is not None else None,
-            trie=spec.trie,
-            decoder_prefixes=spec.decoder_prefixes,
-        )
         out = generate(
             self.model,
             input_ids=torch.from_numpy(input_ids).to(self.device),
             attention_mask=torch.from_numpy(attention_mask).to(self.device),
             patch_images=torch.from_numpy(pixels).to(self.device),
-            options=options,
+            options=spec,
         )
         return out.sequences.cpu().numpy(), out.scores.float().cpu().numpy()

@@ -1,6 +1,6 @@
 """The PyTorch model behind the scheduler's two calls: the exported graphs' modules, run eagerly.
 
-`biomedgpt.export.graphs` wraps the model's own encoder and decoder layers as the two graphs ONNX Runtime
+`biomedgpt.model.graphs` wraps the model's own encoder and decoder layers as the two graphs ONNX Runtime
 runs; here the same modules run in PyTorch, so both engines decode through one scheduler with the same inputs
 and outputs (`scheduler.StepModel`). Imported only by the torch engine.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from biomedgpt.export.graphs import DecoderStepGraph, EncoderGraph
+from biomedgpt.model.graphs import DecoderStepGraph, EncoderGraph
 
 
 class TorchStepModel:

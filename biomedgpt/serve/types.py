@@ -7,10 +7,11 @@ from typing import Any
 
 from PIL import Image
 
-# Tasks an image-conditioned server answers; text-only and image-code tasks are training-only.
-SERVED_TASKS = ("caption", "report", "vqa", "classification", "segmentation", "grounding", "detection")
-# The request field each task's prompt slot reads (tasks/*.py `prompt_fields`).
-TASK_FIELDS = {"vqa": "question", "grounding": "text", "segmentation": "structure"}
+# What the tasks say about serving (`Task.served`, `Task.request_field`), named here for the HTTP layer.
+from biomedgpt.tasks import REQUEST_FIELDS as TASK_FIELDS
+from biomedgpt.tasks import SERVED_TASKS
+
+__all__ = ["SERVED_TASKS", "TASK_FIELDS", "RequestError", "Sampling", "TaskRequest", "TaskResult"]
 
 
 class RequestError(ValueError):
@@ -44,7 +45,7 @@ class TaskRequest:
     orig_size: tuple[int, int] | None = None
     """(width, height) of the image as sent when `image` is a reduced copy of it (large uploads); None: its size."""
     fields: dict[str, str] = field(default_factory=dict)
-    """Task slots: `question` (vqa), `text` (grounding), `structure` (segmentation)."""
+    """The task's slot, under its `Task.request_field` name (`question`, `text`, `structure`)."""
     instruction: str | None = None
     """The user's own wording, used as the prompt instead of the task's template (chat completions)."""
     max_new_tokens: int | None = None

@@ -3,7 +3,9 @@
     TASKS: dict[str, Task]      every task by name (the names of biomedgpt.data.schema.TASKS)
     get_task(name) -> Task      with a "did you mean" for unknown names
 
-Adding a task: one file here defining a `Task` subclass and `TASK = ...`, plus its line below.
+Adding a task: one file here defining a `Task` subclass and `TASK = ...`, plus its line below
+(docs/ARCHITECTURE.md, "Add a task"). Serving, eval, export and the demo ask the task object; none of them
+names a task.
 """
 
 from __future__ import annotations
@@ -31,14 +33,26 @@ TASKS: dict[str, Task] = {
         report,
         vqa,
         classification,
+        segmentation,
         grounding,
         detection,
-        segmentation,
         image_infilling,
         text_infilling,
         summarization,
     )
 }
+
+SERVED_TASKS: tuple[str, ...] = tuple(name for name, task in TASKS.items() if task.served)
+"""The tasks an API or demo may offer for an image (a model folder says which of them its model learned)."""
+REQUEST_FIELDS: dict[str, str] = {
+    name: t.request_field for name, t in TASKS.items() if t.served and t.request_field
+}
+"""Served task -> the request field that fills its prompt's slot (`question`, `text`, `structure`)."""
+
+
+def free_instruction_task() -> str:
+    """The task that answers a free instruction with open text (the chat endpoint without a task)."""
+    return next(name for name, task in TASKS.items() if task.answers_free_instructions)
 
 
 class UnknownTaskError(KeyError):
@@ -60,10 +74,13 @@ def get_task(name: str) -> Task:
 
 __all__ = [
     "CONSTRAINTS",
+    "REQUEST_FIELDS",
+    "SERVED_TASKS",
     "TASKS",
     "TargetTooLongError",
     "Task",
     "TaskUnavailableError",
     "UnknownTaskError",
+    "free_instruction_task",
     "get_task",
 ]

@@ -5,10 +5,11 @@ Target as in OFA's caption dataset: BPE(" " + caption) + `</s>`. Scored with BLE
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from biomedgpt.data.schema import Sample
-from biomedgpt.tasks.base import Task, text_target
+from biomedgpt.tasks.base import Task, clean_text, most_frequent, text_target
 
 
 class CaptionTask(Task):
@@ -30,6 +31,24 @@ class CaptionTask(Task):
         " in one sentence, describe this image.",
     )
     metrics = ("bleu_4", "rouge_l", "cider")
+    served = True
+    title = "Caption"
+    answers_free_instructions = True
+
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return sample.fields["text"], {}
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        from biomedgpt.eval.metrics import caption_metrics
+
+        return caption_metrics(predictions, references)
+
+    def fit_baseline(self, samples: Iterable[Sample]) -> str | None:
+        """The most frequent training caption."""
+        return most_frequent(clean_text(s.fields["text"]) for s in self.train_samples(samples))
+
+    def baseline_predictions(self, baseline: Any, samples: Sequence[Sample]) -> dict[str, list]:
+        return {"most_frequent_text": [baseline] * len(samples)}
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

@@ -40,6 +40,20 @@ class DetectionTask(Task):
     )
     constraint = "bins"
     metrics = ("map@0.5",)
+    served = True
+    title = "Detection"
+    output_kind = "objects"
+
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return [{"box": b["box"], "label": b["label"]} for b in sample.fields["boxes"]], {}
+
+    def prediction(self, output: dict[str, Any]) -> Any:
+        return output.get("objects", [])
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        from biomedgpt.eval.metrics import mean_average_precision
+
+        return mean_average_precision(predictions, references)
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

@@ -11,6 +11,7 @@ target therefore does not depend on the input size. The first box of the sample 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from biomedgpt.data.schema import Sample
@@ -57,6 +58,44 @@ class GroundingTask(Task):
     )
     constraint = "bins"
     metrics = ("iou", "acc@0.5")
+    served = True
+    title = "Grounding"
+    output_kind = "box"
+    request_field = "text"
+    field_label = "Phrase to find"
+    field_example = "the lesion"
+
+    def fields_from_request(self, value: str) -> dict[str, Any]:
+        return {"boxes": [{"label": value, "box": [0, 0, 1, 1]}]}
+
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return sample.fields["boxes"][0]["box"], {}
+
+    def prediction(self, output: dict[str, Any]) -> Any:
+        return output.get("box")
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        from biomedgpt.eval.metrics import grounding_metrics
+
+        return grounding_metrics(predictions, references)
+
+    def fit_baseline(self, samples: Iterable[Sample]) -> list[float] | None:
+        """The mean referent box of the training samples, as fractions of the image's width and height."""
+        boxes = []
+        for sample in self.train_samples(samples):
+            width, height = image_wh(sample)
+            x0, y0, x1, y1 = (float(v) for v in sample.fields["boxes"][0]["box"])
+            boxes.append([x0 / width, y0 / height, x1 / width, y1 / height])
+        return [round(sum(c) / len(boxes), 6) for c in zip(*boxes)] if boxes else None
+
+    def baseline_predictions(self, baseline: Any, samples: Sequence[Sample]) -> dict[str, list]:
+        scaled = []
+        for sample in samples:
+            width, height = image_wh(sample)
+            scaled.append(
+                [baseline[0] * width, baseline[1] * height, baseline[2] * width, baseline[3] * height]
+            )
+        return {"mean_box": scaled}
 
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"text": clean_text(sample.fields["boxes"][0]["label"])}

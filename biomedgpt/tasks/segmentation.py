@@ -22,7 +22,8 @@ Scored with Dice and IoU.
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,6 +36,14 @@ CODEC_MODULE = "biomedgpt.tasks.segmentation_codec"
 def load_codec() -> Any:
     """The mask codec module, or `TaskUnavailableError`."""
     return require_module(CODEC_MODULE, task="segmentation", what="encode_mask/decode_mask")
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a mask to (height, width), as float in {0, 1}."""
+    mask = np.asarray(mask) > 0
+    rows = (np.arange(shape[0]) * mask.shape[0] // shape[0]).clip(0, mask.shape[0] - 1)
+    cols = (np.arange(shape[1]) * mask.shape[1] // shape[1]).clip(0, mask.shape[1] - 1)
+    return mask[rows][:, cols].astype(np.float32)
 
 
 class SegmentationTask(Task):
@@ -54,8 +63,60 @@ class SegmentationTask(Task):
         " show the boundary of the {structure}.",
         " create a segmentation mask for the {structure}.",
     )
-    metrics = ("dice", "iou")
+    metrics = ("dice", "iou", "dice_foreground")
     uses_mask = True
+    served = True
+    title = "Segmentation"
+    output_kind = "mask"
+    request_field = "structure"
+    field_label = "Structure to segment"
+    field_example = "lesion"
+    BASELINE_SIDE: ClassVar[int] = 64
+    """The side of the mean training mask (`fit_baseline`), resized to each image when scored."""
+
+    def fields_from_request(self, value: str) -> dict[str, Any]:
+        return {"target": value}
+
+    def default_max_new_tokens(self, default: int, *, image_size: int) -> int:
+        """Room for the longest mask the codec writes at this input size."""
+        from biomedgpt.tasks.segmentation_codec import max_tokens
+
+        return max(default, max_tokens(image_size) + 1)
+
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return np.asarray(sample.mask) > 0, {}
+
+    def prediction(self, output: dict[str, Any]) -> Any:
+        return output["mask"]
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        """Mean Dice and IoU over all samples, and `dice_foreground`: mean Dice over the samples whose target is
+        not empty (an empty prediction scores 1 on an empty target, which flatters a model that draws nothing)."""
+        from biomedgpt.eval.metrics import segmentation_metrics, segmentation_scores
+
+        scores = segmentation_metrics(predictions, references)
+        dice = segmentation_scores(predictions, references)["dice"]
+        foreground = [d for d, r in zip(dice, references) if np.any(r)]
+        scores["dice_foreground"] = sum(foreground) / len(foreground) if foreground else float("nan")
+        return scores
+
+    def fit_baseline(self, samples: Iterable[Sample]) -> dict[str, Any] | None:
+        """The mean training mask (each resized to `BASELINE_SIDE` square, averaged, kept where >= 0.5), as RLE."""
+        from biomedgpt.eval.rle import mask_to_rle
+
+        side = self.BASELINE_SIDE
+        masks = [resize_mask(s.mask, (side, side)) for s in self.train_samples(samples) if s.mask is not None]
+        return mask_to_rle(np.mean(masks, axis=0) >= 0.5) if masks else None
+
+    def baseline_predictions(self, baseline: Any, samples: Sequence[Sample]) -> dict[str, list]:
+        from biomedgpt.eval.rle import rle_to_mask
+
+        mean = rle_to_mask(baseline)
+        shapes = [np.asarray(s.mask).shape for s in samples]
+        return {
+            "empty_mask": [np.zeros(shape, dtype=bool) for shape in shapes],
+            "mean_mask": [resize_mask(mean, shape) > 0.5 for shape in shapes],
+        }
 
     @property
     def constraint(self) -> str:  # type: ignore[override]

@@ -32,6 +32,14 @@ class SummarizationTask(Task):
     needs_image = False
     metrics = ("rouge_l",)
 
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return sample.fields["summary"], {}
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        from biomedgpt.eval.metrics import summarization_metrics
+
+        return summarization_metrics(predictions, references)
+
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"text": clean_text(sample.fields["text"])}
 

@@ -74,6 +74,16 @@ class TextInfillingTask(Task):
     needs_image = False
     metrics = ("exact_match", "rouge_l")
 
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return sample.fields["text"], {}
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        """Exact match (after VQA's answer normalization) and ROUGE-L against the original text."""
+        from biomedgpt.eval.metrics import rouge_l, vqa_accuracy
+
+        exact = vqa_accuracy(predictions, references)["accuracy"]
+        return {"exact_match": exact, "rouge_l": rouge_l(predictions, references)}
+
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"masked": mask_words(sample.fields["text"], rng or random.Random(sample.key))}
 

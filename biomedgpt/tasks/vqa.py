@@ -38,6 +38,25 @@ class VqaTask(Task):
     )
     closed_set = True
     metrics = ("accuracy", "closed_accuracy", "open_accuracy")
+    served = True
+    title = "VQA"
+    output_kind = "answer"
+    request_field = "question"
+    field_label = "Question"
+    field_example = "what modality is this?"
+
+    def fields_from_request(self, value: str) -> dict[str, Any]:
+        return {"question": value, "answer": ""}
+
+    def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
+        return sample.fields["answer"], {"answer_type": sample.fields.get("answer_type")}
+
+    def score(self, predictions: list, references: list, options: list[dict[str, Any]]) -> dict[str, float]:
+        """Accuracy, split into closed and open questions when every sample says which it is."""
+        from biomedgpt.eval.metrics import vqa_accuracy
+
+        types = [o.get("answer_type") for o in options]
+        return vqa_accuracy(predictions, references, **({"answer_types": types} if all(types) else {}))
 
     def prompt_fields(self, sample: Sample, *, rng: random.Random | None = None) -> dict[str, str]:
         return {"question": normalize_question(sample.fields["question"])}

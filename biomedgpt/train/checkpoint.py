@@ -4,7 +4,9 @@
         model.safetensors, config.json, generation_config.json    the model (safetensors only)
         tokenizer.json, tokenizer_config.json, preprocessor_config.json
         run_config.yaml                                           the resolved run config
-        serving.json                                              the tasks trained (what a server may offer)
+        serving.json                                              the tasks trained and the prompt of each
+        answers.json                                              closed-set answers of the TRAIN split, per task
+        baselines.json                                            trivial baselines fitted on the TRAIN split
         manifest.json                                             step, data position, versions, sha256 of every file
         trainer_state/lightning.ckpt                              optimizer, schedule, loop and EMA state
     <output_dir>/checkpoints/latest                               name of the newest complete folder
@@ -21,6 +23,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 
@@ -99,14 +102,15 @@ class SelfDescribingCheckpoint(pl.Callback):
         every: int,
         processor,
         run_config_yaml: str,
-        trained_tasks: list[str] | None = None,
+        artifacts: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root)
         self.every = every
         self.processor = processor
         self.run_config_yaml = run_config_yaml
-        self.trained_tasks = trained_tasks
-        """The tasks this run trains on (serving.json `tasks`); None: the data does not say, nothing is written."""
+        self.artifacts = dict(artifacts or {})
+        """{file name: JSON document} written into every folder (`biomedgpt.train.artifacts.run_artifacts`:
+        serving.json, answers.json, baselines.json), computed once when the run starts."""
         self._last_step = -1
         self.last_saved: Path | None = None
         """The folder of the newest `save` (on every rank; launchers report it, e.g. to Ray Train)."""
@@ -145,9 +149,9 @@ class SelfDescribingCheckpoint(pl.Callback):
                     pl_module.ema.swap(model)
             self.processor.save_pretrained(partial)
             (partial / "run_config.yaml").write_text(self.run_config_yaml)
-            if self.trained_tasks:  # `biomedgpt serve` offers these tasks only; `biomedgpt export` keeps them
-                serving = {"tasks": self.trained_tasks}
-                (partial / "serving.json").write_text(json.dumps(serving, indent=2) + "\n")
+            # Tasks and prompts (what `biomedgpt serve` offers), closed-set answers, baselines: export copies them.
+            for name, doc in self.artifacts.items():
+                (partial / name).write_text(json.dumps(doc, indent=2) + "\n")
             # Where the data stream stood: a resumed run starts its loader at this epoch and skips these batches.
             position = {
                 "epoch": trainer.current_epoch,

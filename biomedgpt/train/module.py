@@ -1,5 +1,8 @@
 """The LightningModule: BiomedGPT + label-smoothed cross-entropy on target tokens, AdamW, warmup/decay, EMA.
 
+The loss is computed once per step, here: the model is called with decoder inputs and no labels (it would
+otherwise compute an unsmoothed full-vocabulary loss of its own).
+
 Batches come from `biomedgpt.data.pipeline` collation: input_ids, attention_mask, patch_images, patch_masks,
 labels (-100 where ignored), optional code_masks, plus `tasks` (a list of task names) for per-task logging.
 Precision (bf16 autocast), gradient clipping and accumulation are Lightning's, set by the launcher.
@@ -13,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from biomedgpt.model.modeling import shift_tokens_right
 from biomedgpt.train.config import TrainConfig
 from biomedgpt.train.optim import EMA, build_optimizer, build_scheduler
 
@@ -26,13 +30,15 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: f
     )
 
 
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) cross-entropy of each target token in fp32, 0 where labels are -100."""
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+
+
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) mean token loss of each sample (for per-task logging)."""
-    losses = F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-    )  # (B, L)
     counts = labels.ne(-100).sum(dim=1).clamp(min=1)
-    return losses.sum(dim=1) / counts
+    return token_losses(logits, labels).sum(dim=1) / counts
 
 
 class BiomedGPTModule(pl.LightningModule):
@@ -44,12 +50,23 @@ class BiomedGPTModule(pl.LightningModule):
         self._ema_swapped = False
 
     def forward(self, batch: dict) -> torch.Tensor:
+        """(B, L, V) logits of the targets, teacher-forced: the decoder reads the labels shifted right.
+
+        The model is called without `labels`, so it computes no loss of its own: the step computes the loss once,
+        with its label smoothing (`step_loss`)."""
         inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
-        return self.model(**inputs, labels=batch["labels"]).logits  # (B, L, V)
+        config = self.model.config
+        decoder_input_ids = shift_tokens_right(
+            batch["labels"], config.pad_token_id, config.decoder_start_token_id
+        )
+        return self.model(**inputs, decoder_input_ids=decoder_input_ids).logits
+
+    def step_loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of a batch: label-smoothed token cross-entropy, computed once."""
+        return token_loss(self(batch), batch["labels"], label_smoothing=self.train_cfg.label_smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss = token_loss(logits, batch["labels"], label_smoothing=self.train_cfg.label_smoothing)
+        loss = self.step_loss(batch)
         size = batch["labels"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log(
@@ -62,12 +79,14 @@ class BiomedGPTModule(pl.LightningModule):
         logits = self(batch)
         labels = batch["labels"]
         size = labels.shape[0]
-        self.log("val/loss", token_loss(logits, labels), prog_bar=True, batch_size=size, sync_dist=True)
         mask = labels.ne(-100)
+        losses = token_losses(logits, labels)  # once: the batch mean and the per-sample means come from it
+        self.log("val/loss", losses.sum() / mask.sum(), prog_bar=True, batch_size=size, sync_dist=True)
         correct = (logits.argmax(-1).eq(labels) & mask).sum().float() / mask.sum().clamp(min=1)
         self.log("val/token_acc", correct, batch_size=size, sync_dist=True)
+        per_sample = losses.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         by_task: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for task, value in zip(batch.get("tasks", []), per_sample_loss(logits, labels)):
+        for task, value in zip(batch.get("tasks", []), per_sample):
             by_task[task].append(value)
         for task, values in by_task.items():
             self.log(f"val/loss_{task}", torch.stack(values).mean(), batch_size=len(values), sync_dist=True)

@@ -1,4 +1,4 @@
-"""The Ray Train launcher: `launch.train_worker` on `TorchTrainer` workers (Ray Train V2, the default in ray 2.60).
+"""The Ray Train launcher: `worker.train_worker` on `TorchTrainer` workers (Ray Train V2, the default in ray 2.60).
 
 Each worker runs the same function as a local run, with Ray's Lightning pieces plugged in
 through `WorkerHooks`: `RayDDPStrategy` (or `RayFSDPStrategy`), `RayLightningEnvironment`, `prepare_trainer`, the
@@ -82,7 +82,7 @@ def ray_worker(config: dict, *, extra_callbacks: Callable[[], list] | None = Non
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment, prepare_trainer
 
-    from biomedgpt.train.launch import WorkerHooks, train_worker
+    from biomedgpt.train.worker import WorkerHooks, train_worker
 
     cfg = from_dict(RunConfig, config)
     context = ray.train.get_context()

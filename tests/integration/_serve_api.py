@@ -15,7 +15,7 @@ from PIL import Image
 
 from biomedgpt.serve.app import create_app
 from biomedgpt.serve.config import ServeConfig
-from biomedgpt.serve.engine import load_engine
+from biomedgpt.serve.engines import load_engine
 from biomedgpt.serve.server import BackgroundServer
 from tests.integration._demo_server import free_port
 

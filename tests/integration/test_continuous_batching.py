@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedgpt.serve.engine import load_engine
+from biomedgpt.serve.engines import load_engine
 from biomedgpt.serve.scheduler import Scheduler, SchedulerLimits
 from biomedgpt.serve.types import TaskRequest
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from biomedgpt.cli import main
-from biomedgpt.data.converters.common import USER_LICENCE
+from biomedgpt.ingest.converters.common import USER_LICENCE
 from tests.unit.test_converters_images import _case, _nifti
 from tests.unit.test_converters_vqa import read_back, write_vqa_rad
 

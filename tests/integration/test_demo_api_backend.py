@@ -23,7 +23,7 @@ API_KEY = "demo-test-key"
 def api_url(served_model_dir):
     from biomedgpt.serve.app import create_app
     from biomedgpt.serve.config import ServeConfig
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
     from biomedgpt.serve.server import BackgroundServer
 
     config = ServeConfig(host="127.0.0.1", port=free_port(), api_key=API_KEY, log_level="warning")

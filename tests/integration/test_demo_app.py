@@ -23,7 +23,7 @@ ANSWERS = {"vqa": ["yes", "no", "left lung"], "classification": ["normal", "pneu
 
 @pytest.fixture(scope="module")
 def engine(served_model_dir):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     return load_engine(served_model_dir, engine="torch")
 

@@ -1,8 +1,9 @@
 """The demo page in a real browser: Debian's chromium driven by Playwright uploads an image to the VQA tab,
 types a question, clicks Run and reads the answer, as a user would.
 
-The browser is the system's /usr/bin/chromium (`apt-get install chromium`; scripts/bootstrap.sh installs it
-on CI); Playwright never downloads one. Without it the test skips and says why.
+The browser is the system's /usr/bin/chromium (`apt-get install chromium`; `make test` runs
+scripts/install-chromium.sh first, which installs it where it is missing); Playwright never downloads one.
+Without it the test fails and says how to install it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def demo_url(served_model_dir, tmp_path_factory):
     from biomedgpt.demo.backends import EngineBackend
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     backend = EngineBackend(load_engine(served_model_dir, engine="torch"))
     with running_demo(backend, tmp_path_factory.mktemp("demo-examples")) as url:
@@ -43,8 +44,9 @@ def demo_url(served_model_dir, tmp_path_factory):
 @pytest.fixture
 def page():
     if not CHROMIUM.is_file():
-        pytest.skip(
-            f"{CHROMIUM} is absent: install Debian's chromium (apt-get install chromium) to run browser tests"
+        pytest.fail(
+            f"{CHROMIUM} is absent: install Debian's chromium (bash scripts/install-chromium.sh, or"
+            " apt-get install --no-install-recommends chromium) to run the browser test"
         )
     from playwright.sync_api import sync_playwright
 

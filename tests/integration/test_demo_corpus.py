@@ -1,7 +1,7 @@
 """End to end: `biomedgpt shard --demo --demo-limit N` on the real registry cache, then `data verify`.
 
-Skipped when the cache lacks any source (the build would download it): fetch them with
-``biomedgpt.data.registry.fetch(name)`` for every name in ``registry.SOURCES``.
+The cache is the `registry_cache` fixture's (tests/conftest.py): every source of ``registry.SOURCES``, fetched
+once per checkout by `make test` (scripts/fetch_registry.py) or by the fixture itself.
 """
 
 from __future__ import annotations
@@ -11,24 +11,23 @@ import json
 import pytest
 
 from biomedgpt.cli import main
-from biomedgpt.data import registry
-from biomedgpt.data.demo.builder import DEMO_SOURCES, REPORT_NAME
-from biomedgpt.data.demo.common import cached_archive
 from biomedgpt.data.shards import read_manifest
+from biomedgpt.ingest import registry
+from biomedgpt.ingest.demo.builder import DEMO_SOURCES, REPORT_NAME
+from biomedgpt.ingest.demo.common import cached_archive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LIMIT = 12
 
 
 @pytest.fixture(scope="module")
-def cache_ready():
+def cache_ready(registry_cache):
     missing = [
         name
         for name, src in registry.SOURCES.items()
         if src.dist != "installed" and cached_archive(name) is None
     ]
-    if missing:
-        pytest.skip(f"registry cache lacks {missing}; fetch them with biomedgpt.data.registry.fetch")
+    assert not missing, f"registry cache {registry_cache} lacks {missing} after the fetch"
     pytest.importorskip("pydicom")
 
 

@@ -10,16 +10,26 @@ import torch
 
 from biomedgpt import cli
 from biomedgpt.data.shards import write_dataset
-from biomedgpt.data.synthetic import synthetic_samples
 from biomedgpt.eval.rle import mask_to_rle, rle_to_mask
 from biomedgpt.eval.runner import resolve_checkpoint
+from biomedgpt.ingest.synthetic import synthetic_samples
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    write_dataset(synthetic_samples(200, seed=3, image_size=64), out, name="synthetic", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, shards):
+    """A tiny model folder with what training records next to the weights: answer lists and baselines."""
+    from biomedgpt.eval.runner import iter_samples, resolve_shards
     from biomedgpt.model import BiomedGPTConfig, BiomedGPTForConditionalGeneration, BiomedGPTProcessor
+    from biomedgpt.tasks import TASKS
 
     out = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
@@ -27,13 +37,11 @@ def model_dir(tmp_path_factory):
     config = BiomedGPTConfig.from_arch("tiny", vocab_size=len(processor.tokenizer), image_size=64)
     BiomedGPTForConditionalGeneration(config).save_pretrained(out)
     processor.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    write_dataset(synthetic_samples(200, seed=3, image_size=64), out, name="synthetic", progress=False)
+    train = list(iter_samples(resolve_shards([shards], split="train"), split="train"))
+    answers = {name: task.candidate_answers(train) for name, task in TASKS.items() if task.closed_set}
+    baselines = {name: task.fit_baseline(train) for name, task in TASKS.items()}
+    (out / "answers.json").write_text(json.dumps(answers))
+    (out / "baselines.json").write_text(json.dumps({k: v for k, v in baselines.items() if v is not None}))
     return out
 
 
@@ -44,7 +52,6 @@ def test_eval_scores_tasks_with_baselines_and_writes_reports(model_dir, shards, 
             "eval",
             f"eval.checkpoint={model_dir}",
             f"eval.shards=[{shards}]",
-            f"data.shards=[{shards}]",
             "eval.tasks=[vqa,classification,caption,grounding,segmentation]",
             "eval.max_samples=4",
             "generation.max_new_tokens=8",

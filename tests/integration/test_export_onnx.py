@@ -70,7 +70,7 @@ def test_parity_at_two_image_and_batch_sizes(exported):
 
 @pytest.mark.parametrize("beams", [1, 3])
 def test_ort_engine_matches_torch_engine_on_every_task(exported, served_model_dir, beams):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
     from biomedgpt.serve.types import TaskRequest
 
     ort_engine = load_engine(exported[0], engine="onnxruntime")
@@ -122,7 +122,7 @@ def test_int8_graphs_pass_the_gate_on_held_out_shards(served_model_dir, tmp_path
     assert set(gate["fp32"]) == set(gate["int8"]) and gate["fp32"]
     if gate["accepted"]:
         assert (out / "decoder.int8.onnx").is_file()
-        from biomedgpt.serve.engine import load_engine
+        from biomedgpt.serve.engines import load_engine
         from biomedgpt.serve.types import TaskRequest
 
         engine = load_engine(out, engine="onnxruntime", precision="int8")
@@ -136,7 +136,7 @@ def test_serving_an_export_needs_no_torch(exported):
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
         "import numpy as np; from PIL import Image\n"
-        "from biomedgpt.serve.engine import load_engine; from biomedgpt.serve.types import TaskRequest\n"
+        "from biomedgpt.serve.engines import load_engine; from biomedgpt.serve.types import TaskRequest\n"
         f"e = load_engine({str(exported[0])!r})\n"
         "img = Image.fromarray(np.full((40, 40, 3), 120, np.uint8))\n"
         "r = e(TaskRequest(task='vqa', image=img, fields={'question': 'is it normal?'}))\n"

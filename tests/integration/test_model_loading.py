@@ -3,8 +3,10 @@ on, and one-line errors for folders and trainer states that cannot be used.
 
 - An export whose graph, answers or manifest changed is refused by the engine, by `biomedgpt serve` (one line,
   exit 2, in a process without torch) and by `biomedgpt demo`; `--no-verify` loads it anyway.
-- A trainer checkpoint records the tasks it was trained on (serving.json); `biomedgpt serve --engine torch` on the
-  run folder offers exactly those, and an untrained task's endpoint answers 404 saying so. Its weights are checked
+- A trainer checkpoint records the tasks it was trained on and their prompts (serving.json), the closed-set answers
+  (answers.json) and baselines (baselines.json) of its TRAIN split, all in its manifest; a resumed run and
+  `biomedgpt export` copy them without reading any shard. `biomedgpt serve --engine torch` on the run folder offers
+  exactly the trained tasks, and an untrained task's endpoint answers 404 saying so. Its weights are checked
   against its manifest too.
 - `finetune model.init_from=<folder without weights>` and a resume from a trainer state that the weights-only
   loader refuses (or that changed since it was written) print one line and exit 2, without running anything.
@@ -13,12 +15,14 @@ on, and one-line errors for folders and trainer states that cannot be used.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pickle
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -114,7 +118,7 @@ def tampered_export(exported_model_dir, tmp_path) -> Path:
 
 
 def test_the_engine_refuses_an_export_whose_graph_changed(tampered_export):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     with pytest.raises(
         ModelFileError, match=r"decoder\.onnx does not match the sha256 in manifest\.json"
@@ -126,7 +130,7 @@ def test_the_engine_refuses_an_export_whose_graph_changed(tampered_export):
 
 
 def test_an_intact_export_has_every_file_it_reads_checked(exported_model_dir):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     engine = load_engine(exported_model_dir, engine="onnxruntime")
     assert {
@@ -140,7 +144,7 @@ def test_an_intact_export_has_every_file_it_reads_checked(exported_model_dir):
 
 
 def test_a_missing_file_or_manifest_refuses_the_export(exported_model_dir, tmp_path):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     copy = tmp_path / "model-onnx"
     shutil.copytree(exported_model_dir, copy)
@@ -193,17 +197,90 @@ def test_demo_refuses_a_changed_export(tampered_export):
 # --- checkpoints: trained tasks and checked weights ----------------------------------------------------------
 
 
-def test_a_checkpoint_records_the_tasks_it_was_trained_on(trained_run):
+def test_a_checkpoint_records_its_tasks_prompts_train_answers_and_baselines(trained_run, shards):
+    from biomedgpt.eval.runner import iter_samples, resolve_shards
+    from biomedgpt.tasks import get_task
+
     checkpoint = trained_run / "checkpoints" / STEP
-    assert json.loads((checkpoint / "serving.json").read_text()) == {"tasks": ["vqa", "classification"]}
+    tasks = ["vqa", "classification"]
+    assert json.loads((checkpoint / "serving.json").read_text()) == {
+        "tasks": tasks,
+        "prompts": {t: get_task(t).prompt for t in tasks},
+    }
+    # answers.json: the answers of the TRAIN samples, fully decoded here, in first-seen order; none held out only
+    everything = list(iter_samples(resolve_shards([str(shards)]), tasks=set(tasks)))
+    train = [s for s in everything if s.split == "train"]
+    answers = json.loads((checkpoint / "answers.json").read_text())
+    assert answers == {t: get_task(t).candidate_answers(train) for t in tasks}
+    held_out = {get_task(s.task).answer_text(s) for s in everything if s.split != "train"}
+    held_out_only = held_out - {get_task(s.task).answer_text(s) for s in train}
+    assert held_out_only and not held_out_only & {a for found in answers.values() for a in found}
+    baselines = json.loads((checkpoint / "baselines.json").read_text())
+    assert baselines == {t: get_task(t).fit_baseline([s for s in train if s.task == t]) for t in tasks}
     manifest = json.loads((checkpoint / "manifest.json").read_text())
-    assert manifest["files"]["serving.json"] == sha256_file(checkpoint / "serving.json")
+    for name in ("serving.json", "answers.json", "baselines.json"):
+        assert manifest["files"][name] == sha256_file(checkpoint / name), name
+
+
+def test_a_resumed_run_reuses_the_recorded_files_without_the_shards(trained_run, shards, tmp_path):
+    from biomedgpt.config import load_config
+    from biomedgpt.run_config import RunConfig
+    from biomedgpt.train.artifacts import run_artifacts
+
+    checkpoint = trained_run / "checkpoints" / STEP
+    overrides = [f"data.shards=[{shards}]", "data.mixture={vqa: 1, classification: 1}"]
+    cfg = load_config(RunConfig, [QUICKSTART], overrides)
+    with shards_moved_away(shards, tmp_path):
+        reused = run_artifacts(cfg, resume=checkpoint)
+    names = ("serving.json", "answers.json", "baselines.json")
+    assert reused == {name: json.loads((checkpoint / name).read_text()) for name in names}
+
+
+def test_export_copies_the_recorded_files_without_reading_any_shard(trained_run, shards, tmp_path):
+    from biomedgpt.export.onnx_export import export_checkpoint
+
+    checkpoint = trained_run / "checkpoints" / STEP
+    out = tmp_path / "export"
+    with shards_moved_away(shards, tmp_path):
+        manifest = export_checkpoint(checkpoint, out)
+    for name in ("answers.json", "baselines.json"):
+        assert (out / name).read_bytes() == (checkpoint / name).read_bytes(), name
+        assert manifest["files"][name] == sha256_file(out / name), name
+    recorded = json.loads((checkpoint / "serving.json").read_text())
+    serving = json.loads((out / "serving.json").read_text())
+    assert {k: serving[k] for k in ("tasks", "prompts")} == recorded
+    assert manifest["files"]["serving.json"] == sha256_file(out / "serving.json")
+
+
+def test_an_older_checkpoint_without_answers_exports_with_a_warning(trained_run, tmp_path, caplog):
+    from biomedgpt.export.onnx_export import copy_recorded_files
+
+    older, work = tmp_path / STEP, tmp_path / "work"
+    shutil.copytree(trained_run / "checkpoints" / STEP, older)
+    work.mkdir()
+    (older / "answers.json").unlink()
+    (older / "baselines.json").unlink()
+    with caplog.at_level("WARNING", logger="biomedgpt.export.onnx_export"):
+        copy_recorded_files(older, work, tasks=["vqa", "classification"])
+    assert not list(work.iterdir())  # no made-up answer lists, not even {}
+    assert "vqa, classification will decode open-ended" in caplog.text and "answers.json" in caplog.text
+
+
+@contextlib.contextmanager
+def shards_moved_away(shards: Path, tmp_path: Path) -> Iterator[None]:
+    """The shard folder is elsewhere during the block (nothing can read it), and back afterwards."""
+    away = tmp_path / "shards-moved-away"
+    shutil.move(shards, away)
+    try:
+        yield
+    finally:
+        shutil.move(away, shards)
 
 
 def test_a_run_without_a_mixture_records_the_tasks_of_its_training_shards(shards):
     from biomedgpt.config import load_config
     from biomedgpt.run_config import RunConfig
-    from biomedgpt.train.launch import trained_tasks
+    from biomedgpt.train.artifacts import trained_tasks
 
     cfg = load_config(RunConfig, [QUICKSTART], [f"data.shards=[{shards}]"])
     doc = json.loads((shards / "manifest.json").read_text())
@@ -253,7 +330,7 @@ def test_serve_torch_on_a_run_offers_only_its_trained_tasks(trained_run):
 
 
 def test_an_older_checkpoint_serves_the_tasks_of_its_run_config(trained_run, tmp_path):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
     from biomedgpt.serve.types import RequestError, TaskRequest
 
     copy = tmp_path / STEP
@@ -275,7 +352,7 @@ def test_an_older_checkpoint_serves_the_tasks_of_its_run_config(trained_run, tmp
 def test_the_torch_engine_refuses_changed_weights(trained_run, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     copy = tmp_path / STEP
     shutil.copytree(trained_run / "checkpoints" / STEP, copy)

@@ -76,7 +76,7 @@ def _requests():
 
 def test_eval_export_and_both_engines_serve_the_imported_folder(imported, shards, tmp_path, capsys):
     from biomedgpt.export.onnx_export import ExportOptions, export_checkpoint
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
 
     code = cli.main(
         [

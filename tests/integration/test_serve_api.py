@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from biomedgpt.eval.rle import rle_to_mask
 from biomedgpt.serve.app import create_app
 from biomedgpt.serve.config import ServeConfig
-from biomedgpt.serve.engine import load_engine
+from biomedgpt.serve.engines import load_engine
 from biomedgpt.serve.server import BackgroundServer
 from biomedgpt.serve.torch_engine import TorchEngine
 from tests.integration._demo_server import free_port

@@ -20,7 +20,7 @@ import pytest
 
 from biomedgpt.serve.app import create_app
 from biomedgpt.serve.config import ServeConfig
-from biomedgpt.serve.engine import load_engine
+from biomedgpt.serve.engines import load_engine
 from biomedgpt.serve.server import BackgroundServer
 from tests.conftest import write_served_model
 from tests.integration._demo_server import free_port

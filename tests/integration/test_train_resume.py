@@ -72,7 +72,7 @@ def manifest(folder: Path) -> dict:
 def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, shards):
     from safetensors.torch import load_file
 
-    from biomedgpt.train.launch import WorkerHooks, train_worker
+    from biomedgpt.train.worker import WorkerHooks, train_worker
 
     # dropout > 0: a resumed run must restore the RNG; validation at the stop step (8) must not shift it.
     # Data epochs of 6 batches: step 8 is in the middle of the second one (the data position has an epoch).
@@ -103,6 +103,10 @@ def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, shards):
     )
     for step in range(12):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), f"train/loss at step {step}"
+    # serving.json, answers.json, baselines.json: recorded when the run starts, reused by the resumed run
+    for name in ("serving.json", "answers.json", "baselines.json"):
+        recorded = (stopped / name).read_bytes()
+        assert (resumed_final / name).read_bytes() == recorded == (full_final / name).read_bytes(), name
     full_weights = load_file(full_final / "model.safetensors")
     resumed_weights = load_file(resumed_final / "model.safetensors")
     assert full_weights.keys() == resumed_weights.keys()

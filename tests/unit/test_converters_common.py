@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from biomedgpt.commands import shard
-from biomedgpt.data.converters import CONVERTERS, get_converter
-from biomedgpt.data.converters.cli import options_from_args
-from biomedgpt.data.converters.common import (
+from biomedgpt.data.schema import KEY_RE
+from biomedgpt.ingest.converters import CONVERTERS, get_converter
+from biomedgpt.ingest.converters.cli import options_from_args
+from biomedgpt.ingest.converters.common import (
     ConvertOptions,
     KeyMaker,
     SkipLog,
@@ -20,8 +21,7 @@ from biomedgpt.data.converters.common import (
     hash_split,
     read_records,
 )
-from biomedgpt.data.converters.images import fit_image, fit_mask, gray_if_equal
-from biomedgpt.data.schema import KEY_RE
+from biomedgpt.ingest.converters.images import fit_image, fit_mask, gray_if_equal
 
 
 def test_every_registered_format_loads_and_is_a_shard_format():

@@ -17,10 +17,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from biomedgpt.data.converters import convert
-from biomedgpt.data.converters.common import ConvertOptions, LayoutError, hash_split
-from biomedgpt.data.converters.dicom_folder import caption
-from biomedgpt.data.converters.volume_pairs import kept_slices
+from biomedgpt.ingest.converters import convert
+from biomedgpt.ingest.converters.common import ConvertOptions, LayoutError, hash_split
+from biomedgpt.ingest.converters.dicom_folder import caption
+from biomedgpt.ingest.converters.volume_pairs import kept_slices
 from tests.unit.test_converters_vqa import assert_verifies, read_back
 
 # ---------------------------------------------------------------------------------------------

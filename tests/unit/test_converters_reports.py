@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedgpt.data.converters import convert
-from biomedgpt.data.converters.common import LayoutError, hash_split
-from biomedgpt.data.converters.mimic_cxr import findings_and_impression, report_sections
+from biomedgpt.ingest.converters import convert
+from biomedgpt.ingest.converters.common import LayoutError, hash_split
+from biomedgpt.ingest.converters.mimic_cxr import findings_and_impression, report_sections
 from tests.unit.test_converters_vqa import assert_verifies, read_back
 
 

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from biomedgpt.commands.data_cmd import verify_dataset
-from biomedgpt.data.converters import convert
-from biomedgpt.data.converters.common import USER_LICENCE, ConvertOptions, LayoutError
-from biomedgpt.data.converters.pathvqa import PickleRefusedError
 from biomedgpt.data.schema import Sample, decode_sample
 from biomedgpt.data.shards import iter_tar_samples
+from biomedgpt.ingest.converters import convert
+from biomedgpt.ingest.converters.common import USER_LICENCE, ConvertOptions, LayoutError
+from biomedgpt.ingest.converters.pathvqa import PickleRefusedError
 
 
 def read_back(out: Path) -> dict[str, Sample]:

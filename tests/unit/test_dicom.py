@@ -20,8 +20,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, get_decoder
 
-from biomedgpt.data.deid import PROFILE_ACTIONS, BurnedInAnnotationError
-from biomedgpt.data.dicom import DicomDecoderError, DicomReadError, load_deidentified, read_dicom
+from biomedgpt.ingest.deid import PROFILE_ACTIONS, BurnedInAnnotationError
+from biomedgpt.ingest.dicom import DicomDecoderError, DicomReadError, load_deidentified, read_dicom
 
 # Files with PHI-like tags: CT, MR, RT dose (multi-frame), SEG, MR with overlays and private tags,
 # NM (JPEG 2000), US (multi-frame YBR JPEG).

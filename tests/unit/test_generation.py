@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from biomedgpt.model.constraints import AnswerTrie, banned_ngram_tokens
-from biomedgpt.model.generation import DecodeOptions, generate
+from biomedgpt.model.decode_spec import DecodeSpec
+from biomedgpt.model.generation import generate
 
 VOCAB = 300
 SPECIALS = [0, 1, 3]  # bos, pad, unk: never generated
@@ -40,7 +41,7 @@ def test_matches_transformers_generate(tiny_model, num_beams, length_penalty):
     ours = generate(
         tiny_model,
         **batch,
-        options=DecodeOptions(
+        options=DecodeSpec(
             max_new_tokens=12,
             num_beams=num_beams,
             length_penalty=length_penalty,
@@ -72,7 +73,7 @@ def test_matches_transformers_generate(tiny_model, num_beams, length_penalty):
 def test_trie_decoding_only_emits_listed_answers(tiny_model, answers, num_beams, seed):
     trie = AnswerTrie(answers, eos_token_id=2)
     out = generate(
-        tiny_model, **_batch(seed), options=DecodeOptions(max_new_tokens=8, num_beams=num_beams, trie=trie)
+        tiny_model, **_batch(seed), options=DecodeSpec(max_new_tokens=8, num_beams=num_beams, trie=trie)
     )
     listed = {tuple(a) for a in answers}
     for row in out.sequences.tolist():
@@ -96,11 +97,11 @@ def test_token_range_restriction(tiny_model):
     bins = torch.zeros(VOCAB, dtype=torch.bool)
     bins[200:250] = True  # pretend these are <bin> tokens
     out = generate(
-        tiny_model, **_batch(), options=DecodeOptions(max_new_tokens=4, min_new_tokens=4, allowed_tokens=bins)
+        tiny_model, **_batch(), options=DecodeSpec(max_new_tokens=4, min_new_tokens=4, allowed_tokens=bins)
     )
     assert out.sequences.shape[1] == 4
     assert ((out.sequences >= 200) & (out.sequences < 250)).all()
-    unrestricted = generate(tiny_model, **_batch(), options=DecodeOptions(max_new_tokens=4, min_new_tokens=4))
+    unrestricted = generate(tiny_model, **_batch(), options=DecodeSpec(max_new_tokens=4, min_new_tokens=4))
     assert not ((unrestricted.sequences >= 200) & (unrestricted.sequences < 250)).all()
 
 
@@ -108,7 +109,7 @@ def test_min_new_tokens_and_no_repeat_ngrams(tiny_model):
     out = generate(
         tiny_model,
         **_batch(),
-        options=DecodeOptions(max_new_tokens=20, min_new_tokens=10, no_repeat_ngram_size=2),
+        options=DecodeSpec(max_new_tokens=20, min_new_tokens=10, no_repeat_ngram_size=2),
     )
     for row in out.sequences.tolist():
         tokens = [t for t in row if t != 1]
@@ -125,16 +126,16 @@ def test_banned_ngram_tokens():
 
 def test_decode_options_validate():
     with pytest.raises(ValueError, match="max_new_tokens"):
-        DecodeOptions(max_new_tokens=0)
+        DecodeSpec(max_new_tokens=0)
     with pytest.raises(ValueError, match="min_new_tokens"):
-        DecodeOptions(max_new_tokens=4, min_new_tokens=5)
+        DecodeSpec(max_new_tokens=4, min_new_tokens=5)
     with pytest.raises(ValueError, match="num_beams"):
-        DecodeOptions(num_beams=0)
+        DecodeSpec(num_beams=0)
 
 
 def test_batched_generation_equals_one_by_one(tiny_model):
     batch = _batch()
-    opts = DecodeOptions(max_new_tokens=10, num_beams=2)
+    opts = DecodeSpec(max_new_tokens=10, num_beams=2)
     together = generate(tiny_model, **batch, options=opts).sequences
     for i in range(3):
         n = int(batch["attention_mask"][i].sum())
@@ -151,9 +152,9 @@ def test_batched_generation_equals_one_by_one(tiny_model):
 
 def test_beam_search_scores_at_least_greedy(tiny_model):
     batch = _batch()
-    greedy = generate(tiny_model, **batch, options=DecodeOptions(max_new_tokens=10, length_penalty=0.0))
+    greedy = generate(tiny_model, **batch, options=DecodeSpec(max_new_tokens=10, length_penalty=0.0))
     beam = generate(
-        tiny_model, **batch, options=DecodeOptions(max_new_tokens=10, num_beams=4, length_penalty=0.0)
+        tiny_model, **batch, options=DecodeSpec(max_new_tokens=10, num_beams=4, length_penalty=0.0)
     )
     assert (beam.scores >= greedy.scores - 1e-4).all()
 
@@ -171,7 +172,7 @@ def test_decoder_prefix_matches_transformers_continuing_decoder_input_ids(tiny_m
     g = torch.Generator().manual_seed(5)
     prefixes = torch.randint(4, VOCAB, (3, 4), generator=g)
     start = torch.full((3, 1), tiny_model.config.decoder_start_token_id)
-    options = DecodeOptions(
+    options = DecodeSpec(
         max_new_tokens=10,
         num_beams=num_beams,
         allowed_tokens=_allowed(suppressed),
@@ -200,7 +201,7 @@ def test_prefixes_of_different_lengths_in_one_batch_equal_each_alone(tiny_model,
     batch = _batch(seed=6)
     prefixes = [[50, 51, 52, 53, 54], [], [60, 61]]
     answers = AnswerTrie([[40, 41], [42], [43, 44, 45]], eos_token_id=2)
-    opts = DecodeOptions(max_new_tokens=6, num_beams=num_beams, min_new_tokens=1, decoder_prefixes=prefixes)
+    opts = DecodeSpec(max_new_tokens=6, num_beams=num_beams, min_new_tokens=1, decoder_prefixes=prefixes)
     for trie in (None, answers):
         together = generate(tiny_model, **batch, options=replace(opts, trie=trie)).sequences
         for i in range(3):
@@ -241,7 +242,7 @@ def test_numpy_loop_forces_prefixes_as_the_torch_loop_does(tiny_model, num_beams
 
     batch = _batch(seed=7)
     prefixes = [[50, 51, 52], [70], [60, 61, 62, 63, 64]]
-    opts = DecodeOptions(max_new_tokens=8, num_beams=num_beams, decoder_prefixes=prefixes)
+    opts = DecodeSpec(max_new_tokens=8, num_beams=num_beams, decoder_prefixes=prefixes)
     ours = generate(tiny_model, **batch, options=opts).sequences.numpy()
     with torch.no_grad():
         encoded = tiny_model.get_encoder()(**batch)
@@ -267,4 +268,4 @@ def test_decoder_prefix_from_a_prompt(tiny_model):
     with pytest.raises(ValueError, match="unknown decoder_prefix 'question'"):
         decoder_prefix([0, 7, 2], "question", bos=0, eos=2)
     with pytest.raises(ValueError, match="decoder_prefixes has 1 rows for a batch of 3"):
-        generate(tiny_model, **_batch(), options=DecodeOptions(decoder_prefixes=[[5]]))
+        generate(tiny_model, **_batch(), options=DecodeSpec(decoder_prefixes=[[5]]))

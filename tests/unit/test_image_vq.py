@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from biomedgpt.data.synthetic import make_scan
+from biomedgpt.ingest.synthetic import make_scan
 from biomedgpt.tokenization.image_vq import (
     ImageTokenizer,
     ImageVQConfig,
@@ -18,8 +18,8 @@ from biomedgpt.tokenization.image_vq import (
     psnr,
     resize_square,
 )
-from biomedgpt.tokenization.image_vq_train import TrainImageVQConfig, train_steps
 from biomedgpt.tokenization.layout import DEFAULT_LAYOUT
+from biomedgpt.train.image_vq_train import TrainImageVQConfig, train_steps
 
 TINY = {"stem_channels": 8, "channels": [16, 16, 16], "code_dim": 8, "codebook_size": 64, "mid_blocks": 1}
 PSNR_FLOOR_DB = 24.0
@@ -173,7 +173,7 @@ def test_dead_codes_are_restarted() -> None:
 def test_train_image_cli_on_tiny_shards(tmp_path: Path) -> None:
     from biomedgpt.cli import main
     from biomedgpt.data.shards import write_dataset
-    from biomedgpt.data.synthetic import synthetic_samples
+    from biomedgpt.ingest.synthetic import synthetic_samples
 
     write_dataset(synthetic_samples(60, seed=5), tmp_path / "shards", name="tiny", progress=False)
     out = tmp_path / "vq"

@@ -15,15 +15,15 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut
 
-from biomedgpt.data.deid import BurnedInAnnotationError
-from biomedgpt.data.dicom import DicomReadError
-from biomedgpt.data.imageio import (
+from biomedgpt.ingest.deid import BurnedInAnnotationError
+from biomedgpt.ingest.dicom import DicomReadError
+from biomedgpt.ingest.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageTooLargeError,
     check_image_size,
     load_image,
 )
-from biomedgpt.data.volumes import window
+from biomedgpt.ingest.volumes import window
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:

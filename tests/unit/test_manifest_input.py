@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedgpt.data.manifest_input import ManifestError, shard_manifest, validate_manifest
 from biomedgpt.data.schema import decode_sample
 from biomedgpt.data.shards import ShardsExistError, iter_tar_samples, read_manifest
+from biomedgpt.ingest.manifest_input import ManifestError, shard_manifest, validate_manifest
 
 
 def _png(path: Path, pixels: np.ndarray) -> str:
@@ -246,8 +246,8 @@ def test_npy_images_and_masks(folder, tmp_path):
 
 def test_exif_orientation_turns_image_and_mask_alike(tmp_path: Path):
     """A phone photo stored sideways with an EXIF Orientation tag: shards hold it upright, mask included."""
-    from biomedgpt.data.imageio import load_image
-    from biomedgpt.data.manifest_input import load_mask
+    from biomedgpt.ingest.imageio import load_image
+    from biomedgpt.ingest.manifest_input import load_mask
 
     stored = np.zeros((20, 40), np.uint8)
     stored[:, :8] = 255  # a band along the stored left edge

@@ -10,6 +10,7 @@ from biomedgpt.model.cache import StaticKVCache
 from biomedgpt.model.configuration import BiomedGPTConfig
 from biomedgpt.model.modeling import BiomedGPTForConditionalGeneration
 from tests.conftest import lively_model
+from tests.numerics import assert_close_to_scale
 
 
 def _inputs(batch: int = 3, *, vocab: int = 300, image_size: int = 64, seed: int = 1):
@@ -113,7 +114,9 @@ def test_padded_batch_equals_each_sample_alone(tiny_model):
                 patch_images=images[i : i + 1] if patch_masks[i] else None,
                 decoder_input_ids=decoder_ids[i : i + 1],
             ).logits
-            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-4, rtol=1e-4)
+            # Padded batch vs one row: other kernel shapes, so fp32 rounding differs (by CPU); the bound is
+            # relative to the logits' scale (measured: about 1e-6 of it), never bit-equality.
+            assert_close_to_scale(batched[i : i + 1], alone, rel=1e-5, what=f"sample {i}")
 
 
 def test_image_changes_the_output(tiny_model):
@@ -191,7 +194,8 @@ def test_shared_embeddings_are_one_tensor(tiny_model):
 def test_save_and_load_round_trip_is_bit_exact(tmp_path, tiny_model):
     from transformers import AutoModelForSeq2SeqLM
 
-    from biomedgpt.model.generation import DecodeOptions, generate
+    from biomedgpt.model.decode_spec import DecodeSpec
+    from biomedgpt.model.generation import generate
 
     tiny_model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
@@ -203,7 +207,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path, tiny_model):
     for name in original:
         assert torch.equal(original[name], reloaded[name]), name
     ids, images, _ = _inputs()
-    opts = DecodeOptions(max_new_tokens=8)
+    opts = DecodeSpec(max_new_tokens=8)
     a = generate(tiny_model, input_ids=ids, attention_mask=ids.ne(1), patch_images=images, options=opts)
     b = generate(loaded, input_ids=ids, attention_mask=ids.ne(1), patch_images=images, options=opts)
     assert torch.equal(a.sequences, b.sequences)

@@ -242,7 +242,7 @@ def test_bad_checkpoints_are_refused_naming_the_problem(
 def test_without_answers_vqa_decodes_open_ended_and_an_unknown_arch_is_refused(
     tmp_path, bpe_dir, source_model, capsys
 ):
-    from biomedgpt.serve.engine import load_engine
+    from biomedgpt.serve.engines import load_engine
     from biomedgpt.serve.types import TaskRequest
 
     state = ofa_state_dict(source_model)

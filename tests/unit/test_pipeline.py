@@ -23,7 +23,7 @@ from biomedgpt.data.pipeline import (
     weighted_mix,
 )
 from biomedgpt.data.shards import write_dataset
-from biomedgpt.data.synthetic import synthetic_samples
+from biomedgpt.ingest.synthetic import synthetic_samples
 from biomedgpt.tasks import TaskUnavailableError, UnknownTaskError, get_task
 from biomedgpt.tokenization.locations import bins_to_box
 

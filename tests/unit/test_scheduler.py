@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from biomedgpt.model.constraints import AnswerTrie
-from biomedgpt.model.generation import DecodeOptions, generate
-from biomedgpt.serve.decoding import DecodeSpec, SpecialIds
+from biomedgpt.model.constraints import AnswerTrie, Constraints
+from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
+from biomedgpt.model.generation import generate
 from biomedgpt.serve.scheduler import Job, QueueFull, Scheduler, SchedulerLimits
-from biomedgpt.serve.sequences import Constraints, new_sequence
+from biomedgpt.serve.sequences import new_sequence
 from biomedgpt.serve.torch_step import TorchStepModel
 
 VOCAB = 300
@@ -78,7 +78,7 @@ def _alone(model, case_index: int) -> list[int]:
     ids_, pixels = _request(case_index, length)
     fields = dict(fields)
     trie = ANSWERS if fields.pop("trie", None) else None
-    options = DecodeOptions(
+    options = DecodeSpec(
         allowed_tokens=torch.from_numpy(_allowed()),
         trie=trie,
         decoder_prefixes=[prefix] if prefix else None,

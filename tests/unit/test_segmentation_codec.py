@@ -1,8 +1,8 @@
 """Segmentation codec: masks <-> polygon `<bin>` tokens (Florence-2 style), round-trip Dice, robustness.
 
 The Dice floors below sit under the figures measured for docs/segmentation.md with margin; the real-data
-tests read pyradiomics and stardist files from the registry cache and skip when it is not populated
-(`biomedgpt.data.registry.extract` would download them).
+tests read pyradiomics and stardist files from the registry cache (the `registry_cache` fixture fetches them
+once, as `make test` does).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biomedgpt.data import registry
-from biomedgpt.data.synthetic import synthetic_samples
+from biomedgpt.ingest import registry
+from biomedgpt.ingest.synthetic import synthetic_samples
 from biomedgpt.tasks.segmentation_codec import (
     decode_mask,
     dice_score,
@@ -206,13 +206,6 @@ def test_random_sequences_never_raise(tokens) -> None:
 
 
 # --- round-trip Dice on held-out masks (figures in docs/segmentation.md) -------------------------------------
-def _cached(name: str) -> bool:
-    src = registry.get_source(name)
-    if src.dist == "installed":
-        return True
-    return src.filename is not None and (registry.cache_dir() / name / src.filename).is_file()
-
-
 def synthetic_masks() -> list[np.ndarray]:
     """Union lesion masks of held-out (test-split) SYNTHETIC scans, 128 x 128."""
     return [s.mask for s in synthetic_samples(1500, seed=1) if s.mask is not None and s.split == "test"]
@@ -220,7 +213,7 @@ def synthetic_masks() -> list[np.ndarray]:
 
 def radiomics_masks() -> list[np.ndarray]:
     """Every lesion slice of the five pyradiomics cases, at native resolution (up to 512 x 512)."""
-    from biomedgpt.data.volumes import lesion_slices, load_mask_volume, load_volume, slice_volume
+    from biomedgpt.ingest.volumes import lesion_slices, load_mask_volume, load_volume, slice_volume
 
     masks = []
     for case in ("brain1", "brain2", "breast1", "lung1", "lung2"):
@@ -272,7 +265,7 @@ def test_round_trip_dice_on_held_out_synthetic_lesions() -> None:
     assert tokens.mean() < 80  # measured: about 47
 
 
-@pytest.mark.skipif(not _cached("pyradiomics"), reason="pyradiomics sdist not in the registry cache")
+@pytest.mark.usefixtures("registry_cache")
 def test_round_trip_dice_on_pyradiomics_lesion_slices() -> None:
     masks = radiomics_masks()
     assert len(masks) >= 20
@@ -281,7 +274,7 @@ def test_round_trip_dice_on_pyradiomics_lesion_slices() -> None:
     assert tokens.max() <= max_tokens(128)
 
 
-@pytest.mark.skipif(not _cached("stardist"), reason="stardist wheel not in the registry cache")
+@pytest.mark.usefixtures("registry_cache")
 def test_round_trip_dice_on_stardist_nuclei_crops() -> None:
     dice, tokens = _measure(stardist_masks())
     assert dice.mean() >= 0.98 and dice.min() >= 0.97  # measured: 0.993 mean, 0.989 min
@@ -303,9 +296,7 @@ def image_code_roundtrip(mask: np.ndarray, tokenizer) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (_cached("pyradiomics") and _cached("stardist")), reason="registry cache not populated"
-)
+@pytest.mark.usefixtures("registry_cache")
 def test_polygons_beat_image_codes_on_every_dataset(capsys) -> None:
     """Prints the comparison table of docs/segmentation.md (`pytest -k image_codes -s`)."""
     from biomedgpt.tokenization.image_vq import ImageTokenizer

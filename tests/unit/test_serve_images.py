@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from biomedgpt.data.imageio import check_image_size, load_image
+from biomedgpt.ingest.imageio import check_image_size, load_image
 from biomedgpt.model.image_processing import to_rgb_uint8
 from biomedgpt.serve.images import ImageLimits, clean_message, decode_image, read_header
 from biomedgpt.serve.types import RequestError

