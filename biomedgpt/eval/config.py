@@ -20,6 +20,9 @@ class EvalConfig:
     """Held-out shards to score (brace patterns, globs or folders); empty: data.val_shards."""
     split: str = "test"
     """Which split of those shards to score when a folder or mixed shards are given."""
+    answer_shards: list[str] = field(default_factory=list)
+    """No longer read (run configs recorded by earlier checkpoints still carry it): closed-set answer lists come
+    from the model folder's answers.json, which training writes."""
     engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     """The serving engine that answers the samples: auto is ONNX Runtime for an export folder, PyTorch otherwise."""
     tasks: list[str] = field(default_factory=list)
@@ -35,6 +38,12 @@ class EvalConfig:
     """Where report.json and predictions.jsonl go; null: <checkpoint>/eval."""
 
     def __post_init__(self) -> None:
+        if self.answer_shards:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "eval.answer_shards is no longer read: closed-set answers come from the model folder's answers.json"
+            )
         check(
             self.split in ("train", "val", "test"), "split", f"must be train, val or test, got {self.split!r}"
         )

@@ -58,6 +58,92 @@ def iter_samples(
                 yield sample
 
 
+def held_out_samples(
+    shards: list[Path],
+    *,
+    split: str,
+    tasks: set[str] | None = None,
+    max_samples: int | None = None,
+    with_image: bool = False,
+) -> dict[str, list]:
+    """The first `max_samples` samples of each task in `split`, in shard order (the same ones on every run: eval,
+    the int8 gate and the product check score the same samples)."""
+    by_task: dict[str, list] = defaultdict(list)
+    for sample in iter_samples(shards, split=split, tasks=tasks):
+        if with_image and sample.image is None:
+            continue
+        if max_samples is None or len(by_task[sample.task]) < max_samples:
+            by_task[sample.task].append(sample)
+    return dict(by_task)
+
+
+def sample_request(engine, task, sample, mode: str):
+    """The API request for `sample` in prompt mode `mode`: "fixed" sends what a client sends (the task and its
+    field; the engine fills in the prompt the model folder records), "eval" a held-out paraphrase as the
+    instruction (never seen in training)."""
+    from biomedgpt.model.image_processing import to_rgb_uint8
+    from biomedgpt.serve.types import TaskRequest
+    from biomedgpt.tasks.base import template_fields
+
+    image = to_rgb_uint8(sample.image) if task.needs_image and sample.image is not None else None
+    template = engine.prompt_template(task)
+    if mode == "fixed" and template_fields(template) <= {task.request_field}:
+        slot = task.request_field
+        fields = {slot: task.request_value(sample)} if slot else {}
+        return TaskRequest(task=task.name, image=image, fields=fields)
+    if mode != "fixed":
+        template = task.choose_template(mode, key=sample.key)
+    return TaskRequest(task=task.name, image=image, instruction=task.build_prompt(sample, template=template))
+
+
+def score_engine(
+    engine,
+    by_task: dict[str, list],
+    *,
+    modes: Iterable[str] = ("fixed",),
+    batch_size: int = 16,
+    baselines: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Answer every sample through `engine` (as the API would) and score it with its task: per task `samples`,
+    one score dict per prompt mode, `answer_list_size`, `baseline` (when `baselines` has the task); and one
+    prediction row per sample and mode."""
+    from biomedgpt.tasks import get_task
+
+    tasks: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name in sorted(by_task):
+        task, samples = get_task(name), by_task[name]
+        entry: dict[str, Any] = {"samples": len(samples)}
+        refs, opts = (list(column) for column in zip(*(task.reference(s) for s in samples)))
+        for mode in modes:
+            preds = []
+            for i in range(0, len(samples), batch_size):
+                prepared = [
+                    engine.prepare(sample_request(engine, task, s, mode)) for s in samples[i : i + batch_size]
+                ]
+                preds += [task.prediction(r.output) for r in engine.run(prepared, max_rows=batch_size)]
+            rows += [
+                {
+                    "key": s.key,
+                    "task": name,
+                    "prompt_mode": mode,
+                    "prediction": _jsonable(p),
+                    "reference": _jsonable(r),
+                }
+                for s, p, r in zip(samples, preds, refs)
+            ]
+            entry[mode] = _finite(task.score(preds, refs, opts))
+        if name in engine.answers:
+            entry["answer_list_size"] = len(engine.answers[name])
+        if (baselines or {}).get(name) is not None:
+            scores = task.baseline_scores(baselines[name], samples, refs, opts)
+            entry["baseline"] = {
+                k: _finite(v) if isinstance(v, dict) else v for k, v in _finite(scores).items()
+            }
+        tasks[name] = entry
+    return tasks, rows
+
+
 class Evaluator:
     """Scores one model folder through the serving `Engine`; `run()` returns the report and the predictions.
 
@@ -84,37 +170,10 @@ class Evaluator:
         # Eval reads every prompt in full and may ask for long outputs: the limits are the model's, not a server's.
         limits = EngineLimits(max_prompt_tokens=MAX_POSITIONS, max_new_tokens=MAX_POSITIONS)
         self.engine = load_engine(self.checkpoint, engine=kind, limits=limits, **options)
-        self.engine.tasks = (
-            self.engine.trained_tasks
-        )  # served or not: eval scores every task the model learned
+        # Served or not, eval scores every task the model learned.
+        self.engine.tasks = self.engine.trained_tasks
         self.engine.defaults = DecodeSpec.from_config(cfg.generation)
         self.baselines: dict[str, Any] = _read_json(self.checkpoint / "baselines.json")
-
-    def request(self, task, sample, mode: str):
-        """The API request for `sample` in prompt mode `mode`: "fixed" sends what a client sends (the task and its
-        field; the engine fills the prompt the model folder records), "eval" a held-out paraphrase as the
-        instruction (never seen in training)."""
-        from biomedgpt.model.image_processing import to_rgb_uint8
-        from biomedgpt.serve.types import TaskRequest
-        from biomedgpt.tasks.base import template_fields
-
-        image = to_rgb_uint8(sample.image) if task.needs_image and sample.image is not None else None
-        template = self.engine.prompt_template(task)
-        if mode == "fixed" and template_fields(template) <= {task.request_field}:
-            slot = task.request_field
-            fields = {slot: task.request_value(sample)} if slot else {}
-            return TaskRequest(task=task.name, image=image, fields=fields)
-        if mode != "fixed":
-            template = task.choose_template(mode, key=sample.key)
-        return TaskRequest(
-            task=task.name, image=image, instruction=task.build_prompt(sample, template=template)
-        )
-
-    def decode(self, task, samples: list, mode: str) -> list[dict[str, Any]]:
-        """The engine's structured outputs for `samples` (decoded together, as concurrent API requests are)."""
-        engine = self.engine
-        prepared = [engine.prepare(self.request(task, s, mode)) for s in samples]
-        return [r.output for r in engine.run(prepared, max_rows=self.cfg.eval.batch_size)]
 
     def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from biomedgpt.tasks import get_task
@@ -124,10 +183,7 @@ class Evaluator:
         if not shards:
             raise ValueError("no shards to evaluate: set eval.shards (or data.val_shards)")
         wanted = set(ecfg.tasks) or None
-        by_task: dict[str, list] = defaultdict(list)
-        for sample in iter_samples(shards, split=ecfg.split, tasks=wanted):
-            if ecfg.max_samples is None or len(by_task[sample.task]) < ecfg.max_samples:
-                by_task[sample.task].append(sample)
+        by_task = held_out_samples(shards, split=ecfg.split, tasks=wanted, max_samples=ecfg.max_samples)
         if not by_task:
             raise ValueError(
                 f"no {ecfg.split} samples{' of ' + ', '.join(sorted(wanted)) if wanted else ''} in {len(shards)} shards"
@@ -139,44 +195,22 @@ class Evaluator:
                 self.checkpoint,
                 ", ".join(sorted(missing)),
             )
+        started = time.perf_counter()
+        tasks, predictions = score_engine(
+            self.engine,
+            by_task,
+            modes=ecfg.prompt_modes,
+            batch_size=ecfg.batch_size,
+            baselines=self.baselines,
+        )
         report: dict[str, Any] = {
             "checkpoint": str(ecfg.checkpoint),
             "engine": self.engine.name,
             "split": ecfg.split,
             "shards": [str(s) for s in shards],
-            "tasks": {},
+            "tasks": tasks,
+            "seconds": round(time.perf_counter() - started, 2),
         }
-        predictions: list[dict[str, Any]] = []
-        started = time.perf_counter()
-        for name in sorted(by_task):
-            task = get_task(name)
-            samples = by_task[name]
-            report["tasks"][name] = {"samples": len(samples)}
-            refs, opts = zip(*(task.reference(s) for s in samples))
-            for mode in ecfg.prompt_modes:
-                preds = []
-                for i in range(0, len(samples), ecfg.batch_size):
-                    chunk = samples[i : i + ecfg.batch_size]
-                    preds += [task.prediction(output) for output in self.decode(task, chunk, mode)]
-                predictions += [
-                    {
-                        "key": sample.key,
-                        "task": name,
-                        "prompt_mode": mode,
-                        "prediction": _jsonable(pred),
-                        "reference": _jsonable(ref),
-                    }
-                    for sample, pred, ref in zip(samples, preds, refs)
-                ]
-                report["tasks"][name][mode] = _finite(task.score(preds, list(refs), list(opts)))
-            if name in self.engine.answers:
-                report["tasks"][name]["answer_list_size"] = len(self.engine.answers[name])
-            if self.baselines.get(name) is not None:
-                scores = task.baseline_scores(self.baselines[name], samples, list(refs), list(opts))
-                report["tasks"][name]["baseline"] = {
-                    k: _finite(v) if isinstance(v, dict) else v for k, v in _finite(scores).items()
-                }
-        report["seconds"] = round(time.perf_counter() - started, 2)
         return report, predictions
 
 

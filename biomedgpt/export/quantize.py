@@ -2,7 +2,7 @@
 
 ONNX Runtime's `quantize_dynamic` stores MatMul/Gemm weights as int8 and quantizes activations on the fly
 (per-tensor). The gate decodes the same held-out samples with the fp32 and the int8 graphs (greedy, the task's
-constraint and answer trie, BiomedGPT's prompts) and compares every metric of every task; when one drops by more
+constraint and answer trie, the prompts the folder records, as `biomedgpt eval` does) and compares every metric of every task; when one drops by more
 than `gate_max_drop`, the int8 files are deleted and the manifest says why.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -71,32 +70,23 @@ def quantize_and_gate(directory: Path, run_cfg, options) -> dict[str, Any]:
 def evaluate_engine(
     directory: Path, precision: str, patterns, *, max_samples: int, split: str = "test"
 ) -> dict[str, dict[str, float]]:
-    """Scores of the export folder's graphs (fp32 or int8) on `split` of `patterns`, per task and metric."""
-    from biomedgpt.eval.runner import iter_samples, resolve_shards
-    from biomedgpt.model.image_processing import to_rgb_uint8
+    """Scores of the export folder's graphs (fp32 or int8) on `split` of `patterns`, per task and metric: the
+    samples answered and scored as `biomedgpt eval` does (`eval.runner.score_engine`), with the prompts the
+    folder records."""
+    from biomedgpt.eval.runner import held_out_samples, resolve_shards, score_engine
     from biomedgpt.serve.ort_engine import OrtEngine
-    from biomedgpt.serve.types import TaskRequest
-    from biomedgpt.tasks import get_task
 
     # The folder being written: its manifest (and the hashes) come after the gate.
     engine = OrtEngine(directory, precision=precision, verify=False)
-    by_task: dict[str, list] = defaultdict(list)
-    for sample in iter_samples(resolve_shards(patterns, split=split), split=split, tasks=set(engine.tasks)):
-        if sample.image is not None and len(by_task[sample.task]) < max_samples:
-            by_task[sample.task].append(sample)
-    results: dict[str, dict[str, float]] = {}
-    for name, samples in sorted(by_task.items()):
-        task = get_task(name)
-        requests = []
-        for sample in samples:
-            slot = task.request_field
-            fields = {slot: task.request_value(sample)} if slot else {}
-            requests.append(TaskRequest(task=name, image=to_rgb_uint8(sample.image), fields=fields))
-        outputs = [r.output for r in engine.run([engine.prepare(q) for q in requests])]
-        refs = [task.reference(s) for s in samples]
-        scores = task.score([task.prediction(o) for o in outputs], [r for r, _ in refs], [o for _, o in refs])
-        results[name] = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
-    return results
+    shards = resolve_shards(patterns, split=split)
+    by_task = held_out_samples(
+        shards, split=split, tasks=set(engine.tasks), max_samples=max_samples, with_image=True
+    )
+    scored, _ = score_engine(engine, by_task)
+    return {
+        name: {k: float(v) for k, v in entry["fixed"].items() if isinstance(v, (int, float))}
+        for name, entry in scored.items()
+    }
 
 
 def _remove_int8(directory: Path) -> None:
