@@ -17,7 +17,8 @@ from biomedgpt.ingest.demo.builder import DEMO_SOURCES, REPORT_NAME
 from biomedgpt.ingest.demo.common import cached_archive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-LIMIT = 12
+LIMIT = 16
+"""Per source; enough that the DICOM source, five samples per image, reaches the pydicom-data files."""
 
 
 @pytest.fixture(scope="module")

@@ -25,20 +25,39 @@ def test_caption_and_questions_come_from_allowed_tags():
     assert fields["modality"]["answer"] == "x-ray" and fields["type"]["label"] == "x-ray"
     assert fields["bodypart"]["answer"] == "chest" and fields["view"]["answer"] == "posteroanterior"
     bare = {v for _, v, _ in dicom_files.task_fields("MR", {})}
-    assert bare == {"caption", "type", "modality"}  # no body part, no view: no question about them
+    assert bare == {"caption", "type", "modality", "report"}  # no body part, no view: no question about them
     assert dicom_files.caption("NM", {"BodyPartExamined": "WHOLE BODY"}) == (
         "a nuclear medicine image of the whole body"
     )
     assert [dicom_files.file_split(i) for i in range(8)] == ["train"] * 5 + ["val", "test", "train"]
+    assert fields["report"]["text"] == (
+        "findings: a computed radiography image of the chest, posteroanterior view. "
+        "impression: x-ray study of the chest; findings are not annotated for this image."
+    )
+
+
+def test_report_names_the_plane_measured_from_the_orientation():
+    axial = {"ImageOrientationPatient": [1, 0, 0, 0, 1, 0], "BodyPartExamined": "PANCREAS"}
+    assert dicom_files.image_plane(axial) == "axial"
+    assert dicom_files.image_plane({"ImageOrientationPatient": [1, 0, 0, 0, 0, -1]}) == "coronal"
+    assert dicom_files.image_plane({"ImageOrientationPatient": [0, 1, 0, 0, 0, -1]}) == "sagittal"
+    assert dicom_files.image_plane({"ImageOrientationPatient": [0.57, 0.82, 0, 0, 0, -1]}) == "oblique"
+    assert dicom_files.image_plane({}) is None
+    assert dicom_files.report_text("CT", axial) == (
+        "findings: an axial ct image of the pancreas. "
+        "impression: ct study of the pancreas; findings are not annotated for this image."
+    )
+    assert dicom_files.report_text("MR", {}).startswith("findings: an mri image. impression: mri study;")
     assert dicom_files.frames_to_read(1) == [None] and dicom_files.frames_to_read(120) == [0, 40, 79, 119]
 
 
 # A subset of the real files that exercises every rule and stays fast: the chest CR in two encodings
 # (one lossy), the CT slice 693 lossless and lossy (same position), small CT/MR and an RLE copy,
-# a multi-frame MR, NM, an ultrasound screen capture, a JPEG-lossless file and an RT plan.
+# a multi-frame MR, NM, an ultrasound screen capture, a JPEG-lossless file, an RT plan and a SEG object.
 SUBSET = {
     "RG1_UNCR.dcm", "RG1_UNCI.dcm", "693_UNCR.dcm", "693_UNCI.dcm", "CT_small.dcm", "MR_small.dcm",
     "MR_small_RLE.dcm", "emri_small.dcm", "JPEG2000_UNC.dcm", "US1_UNCR.dcm", "JPEG-LL.dcm", "rtplan.dcm",
+    "liver.dcm",
 }  # fmt: skip
 
 
@@ -96,6 +115,8 @@ def test_every_file_is_kept_or_reported(built):
     assert "duplicate of" in why["MR_small_RLE.dcm"]
     assert "needs a decoder" in why["JPEG-LL.dcm"] and "JPEG Lossless" in why["JPEG-LL.dcm"]
     assert "not a clinical image type" in why["rtplan.dcm"]
+    # the liver SEG references CT slices that neither package ships: no image to pair the mask with
+    assert "segmentation object (SEG)" in why["liver.dcm"] and "in neither package" in why["liver.dcm"]
     # ultrasound screen captures carry burned-in names and dates; none is written
     assert "burned-in text" in why["US1_UNCR.dcm"] and not [s for s in samples if s.modality == "US"]
     assert report.skip_reasons["needs a decoder"] == 1
@@ -114,3 +135,7 @@ def test_images_are_downsampled_and_split_by_file(built):
     keys = [s.key for s in samples]
     assert len(keys) == len(set(keys))
     assert json.dumps(samples[0].extra)  # JSON-ready
+    reports = {s.extra["source"]["member"].rsplit("/", 1)[-1]: s for s in samples if s.task == "report"}
+    assert set(reports) == {s.extra["source"]["member"].rsplit("/", 1)[-1] for s in samples}  # one per file
+    assert reports["693_UNCR.dcm"].fields["text"].startswith("findings: an axial ct image.")
+    assert all(r.extra["templated_text"] for r in reports.values())

@@ -5,20 +5,25 @@ dataset is de-identified (PS3.15 basic profile) before the pixels are decoded, a
 non-identifying attributes come back. The text of every sample is templated from those attributes
 (Modality, BodyPartExamined, ViewPosition): captions such as "a computed radiography image of the
 chest, posteroanterior view", and the questions "what modality is this?", "which part of the body is
-shown?", "which projection is this radiograph?". Nothing else from the header is used.
+shown?", "which projection is this radiograph?". Each image also gets a short report
+(`report_text`): its technique from the same attributes plus the image plane measured from
+ImageOrientationPatient (axial, coronal, sagittal or oblique), and an impression that says no
+findings are annotated: the files carry no diagnosis, so none is made up. Nothing else from the
+header is used.
 
 Left out, each with its reason in the build report: files without pixel data or not a clinical image
-modality (SR, RT plans/doses, SEG, secondary-capture test patterns "OT"/"SC"), files whose transfer
-syntax needs a decoder that is not installed (JPEG lossless/extended, JPEG-LS without pylibjpeg or
-gdcm), unreadable files, images without content (a side under 32 px or nearly constant), and
-ultrasound screen captures unless ``BurnedInAnnotation`` is ``NO``: the pydicom US test images carry
-burned-in institution names, dates and IDs in their pixels, which de-identifying the header cannot
-remove. Duplicates: the test files hold one image in several encodings (``RG1_UNCR``, ``RG1_J2KR``,
-``RG1_UNCI`` ...). Files are read lossless first (``LossyImageCompression`` not ``01``), then
-uncompressed first; a frame is a duplicate when its 32x32 gray thumbnail differs from a kept one of
-the same modality by less than `DUPLICATE_TOLERANCE` (mean absolute difference, 0..255), or when
-another file already gave an image of the same modality, size and ``ImagePositionPatient``.
-Multi-frame files give at most `MAX_FRAMES` evenly spaced frames.
+modality (SR, RT plans/doses, secondary-capture test patterns "OT"/"SC"; the four SEG objects, liver
+masks drawn on one CT series, because the CT slices they reference are in neither package), files
+whose transfer syntax needs a decoder that is not installed (JPEG lossless/extended, JPEG-LS without
+pylibjpeg or gdcm), unreadable files, images without content (a side under 32 px or nearly
+constant), and ultrasound screen captures unless ``BurnedInAnnotation`` is ``NO``: the pydicom US
+test images carry burned-in institution names, dates and IDs in their pixels, which de-identifying
+the header cannot remove. Duplicates: the test files hold one image in several encodings
+(``RG1_UNCR``, ``RG1_J2KR``, ``RG1_UNCI`` ...). Files are read lossless first
+(``LossyImageCompression`` not ``01``), then uncompressed first; a frame is a duplicate when its
+32x32 gray thumbnail differs from a kept one of the same modality by less than `DUPLICATE_TOLERANCE`
+(mean absolute difference, 0..255), or when another file already gave an image of the same modality,
+size and ``ImagePositionPatient``. Multi-frame files give at most `MAX_FRAMES` evenly spaced frames.
 
 Display: CT is windowed in HU (brain window for HEAD, soft tissue otherwise), other grayscale images
 are percentile-scaled, MONOCHROME1 is inverted, palette and YBR colour become RGB; images over
@@ -28,9 +33,10 @@ is val, the one after it test, so all frames of a file share one split.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +76,12 @@ MODALITIES: dict[str, tuple[str, str]] = {
 }
 BODY_PARTS = {"WHOLE BODY": "the whole body", "EXTREMITY": "an extremity"}
 VIEWS = {"PA": "posteroanterior", "AP": "anteroposterior", "LL": "left lateral", "RL": "right lateral"}
+CROSS_SECTIONAL = frozenset({"CT", "MR"})
+PLANE_AXES = ("sagittal", "coronal", "axial")
+"""Plane whose normal runs along the patient's x (left), y (posterior) or z (superior) axis."""
+MIN_PLANE_COSINE = 0.9
+"""A slice normal at least this close to one patient axis names that plane; otherwise "oblique"."""
+NO_FINDINGS = "findings are not annotated for this image."
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,31 @@ class Header:
     num_frames: int
     ct_window: str | None
     burned_in: str
+    referenced_series: tuple[str, ...] = ()
+    """SEG only: the series whose images the segmentation is drawn on."""
+
+
+def _referenced_series(ds: object) -> tuple[str, ...]:
+    """SeriesInstanceUIDs a SEG object references (ReferencedSeriesSequence)."""
+    refs = getattr(ds, "ReferencedSeriesSequence", None) or []
+    return tuple(sorted({str(item.get("SeriesInstanceUID", "")) for item in refs} - {""}))
+
+
+def image_series(files: list[DicomFile]) -> frozenset[str]:
+    """SeriesInstanceUIDs of every candidate file that is not itself a SEG (read header-only)."""
+    import pydicom
+
+    found = set()
+    for file in files:
+        try:
+            ds = pydicom.dcmread(
+                file.path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality"]
+            )
+        except Exception:  # unreadable files are reported when they are loaded
+            continue
+        if str(ds.get("Modality", "")).upper() != "SEG" and ds.get("SeriesInstanceUID"):
+            found.add(str(ds.SeriesInstanceUID))
+    return frozenset(found)
 
 
 def _header(path: Path) -> Header:
@@ -166,6 +203,8 @@ def _header(path: Path) -> Header:
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     modality = str(ds.get("Modality", "") or "").upper() or None
+    if modality == "SEG":
+        return Header(modality, 0, None, "", referenced_series=_referenced_series(ds))
     head = str(ds.get("BodyPartExamined", "") or "").strip().upper() == "HEAD"
     return Header(
         modality=modality,
@@ -190,7 +229,10 @@ def _thumb(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(gray, dtype=np.float32)
 
 
-def _load_frames(file: DicomFile, report: SourceReport, max_side: int) -> Iterator[KeptImage]:
+def _load_frames(
+    file: DicomFile, report: SourceReport, max_side: int, series: Callable[[], frozenset[str]]
+) -> Iterator[KeptImage]:
+    """The kept frames of one file; ``series()`` gives the image series present (for SEG objects)."""
     from biomedgpt.ingest.dicom import BurnedInAnnotationError, DicomDecoderError
     from biomedgpt.ingest.imageio import load_image
 
@@ -201,6 +243,15 @@ def _load_frames(file: DicomFile, report: SourceReport, max_side: int) -> Iterat
         report.skip(item, f"unreadable header ({type(err).__name__})", kind="unreadable")
         return
     modality = header.modality
+    if modality == "SEG":
+        found = bool(set(header.referenced_series) & series())
+        why = (
+            "its referenced images are here, but pairing SEG frames with them is not implemented"
+            if found
+            else "the images it references are in neither package: no image to pair its mask with"
+        )
+        report.skip(item, f"segmentation object (SEG): {why}", kind="not an image")
+        return
     if modality not in MODALITIES:
         report.skip(item, f"modality {modality} is not a clinical image type", kind="not an image")
         return
@@ -234,9 +285,15 @@ def _load_frames(file: DicomFile, report: SourceReport, max_side: int) -> Iterat
 def kept_images(report: SourceReport, *, max_side: int) -> Iterator[KeptImage]:
     """Every de-identified, non-duplicate frame, in a deterministic order."""
     kept: list[KeptImage] = []
-    for file in candidate_files():
+    files = candidate_files()
+
+    @functools.cache
+    def series() -> frozenset[str]:
+        return image_series(files)
+
+    for file in files:
         with _quiet_pydicom():
-            frames = list(_load_frames(file, report, max_side))
+            frames = list(_load_frames(file, report, max_side, series))
         for image in frames:
             twin = next((k for k in kept if image.duplicates(k)), None)
             where = f"{file.registry_name}:{file.member}" + (f"#frame{image.frame}" if image.frame else "")
@@ -284,7 +341,35 @@ def task_fields(modality: str, meta: dict) -> list[tuple[str, str, dict]]:
     if view and modality in {"CR", "DX"}:
         q = {"question": "which projection is this radiograph?", "answer": view, "answer_type": "open"}
         out.append(("vqa", "view", q))
+    out.append(("report", "report", {"text": report_text(modality, meta)}))
     return out
+
+
+def image_plane(meta: dict) -> str | None:
+    """ "axial", "coronal", "sagittal" or "oblique" from ImageOrientationPatient, or ``None`` without it."""
+    iop = meta.get("ImageOrientationPatient")
+    if not iop or len(iop) != 6:
+        return None
+    normal = np.cross(np.asarray(iop[:3], dtype=float), np.asarray(iop[3:], dtype=float))
+    length = float(np.linalg.norm(normal))
+    if length == 0.0:
+        return None
+    axis = int(np.argmax(np.abs(normal)))
+    return PLANE_AXES[axis] if abs(normal[axis]) / length >= MIN_PLANE_COSINE else "oblique"
+
+
+def report_text(modality: str, meta: dict) -> str:
+    """A findings/impression report of the technique only: modality, plane or view, body part."""
+    technique = caption(modality, meta)
+    plane = image_plane(meta) if modality in CROSS_SECTIONAL else None
+    if plane:
+        noun = MODALITIES[modality][1].split(" ", 1)[1]  # "ct image", "mri image"
+        technique = technique.replace(
+            MODALITIES[modality][1], f"{'an' if plane[0] in 'aeiou' else 'a'} {plane} {noun}", 1
+        )
+    part = body_part(meta)
+    impression = f"{MODALITIES[modality][0]} study" + (f" of {part}" if part else "")
+    return f"findings: {technique}. impression: {impression}; {NO_FINDINGS}"
 
 
 def file_split(index: int) -> str:
@@ -305,6 +390,7 @@ def samples(options: DemoOptions, report: SourceReport) -> Iterator[Sample]:
             "source": prov.record(image.file.member, image.file.path.read_bytes()),
             "frame": image.frame,
             "dicom": {k: image.meta.get(k) for k in ("Modality", "BodyPartExamined", "ViewPosition")},
+            "image_plane": image_plane(image.meta),
             "deidentified": image.meta.get("PatientIdentityRemoved") == "YES",
             "templated_text": True,
         }

@@ -2,35 +2,54 @@
 
 Five volumes, each ``NAME_image.nrrd`` with a lesion mask ``NAME_label.nrrd``: lung CT x2, brain MR
 x2 and a breast MR crop. The masks are real annotations; pyradiomics does not say what the lesions
-are, so the target is always "lesion". Volumes are reoriented to LPS and sliced axially by
-``biomedgpt.ingest.volumes``; every slice is shown in the radiological view (rows anterior ->
-posterior, columns patient-right -> patient-left). CT is shown in the lung window, MR is scaled
-between the 1st and 99th percentile of the whole volume (one scale for all its slices).
+are, so the target is always "lesion". Volumes are reoriented to LPS by ``biomedgpt.ingest.volumes``
+and cut in three planes (`PLANES`), each shown in the radiological view:
 
-Per slice (image and mask downsampled together when over ``max_side``):
+- axial (every slice): rows anterior -> posterior, columns patient-right -> patient-left;
+- coronal and sagittal reformats (only slices that hold lesion or lie within `EMPTY_MARGIN` slices of
+  one): rows superior -> inferior; columns patient-right -> patient-left (coronal) or anterior ->
+  posterior (sagittal). Their rows are resampled linearly between the axial slices (the mask by
+  nearest neighbour) so that pixels are square (`square_rows`): a CT with 5 mm slices and 0.57 mm
+  pixels gives a 421 x 512 coronal image. Each reformatted slice that holds lesion is another real
+  mask of the same annotation.
 
-- every slice: VQA "is there a lesion in this slice?" (yes/no: any mask pixel), a templated caption
-  and the classification "ct"/"mri";
+CT is shown in the lung window, MR scaled between the 1st and 99th percentile of the whole volume
+(one scale for all its slices and planes).
+
+Per axial slice (image and mask downsampled together when over ``max_side``):
+
+- every slice: VQA "is there a lesion in this slice?" (yes/no: any mask pixel), a templated caption,
+  the classification "ct"/"mri" and a report;
 - slices with mask pixels: segmentation (target "lesion"), grounding (the tight box of the mask,
   phrase "the lesion"), VQA on size and, for full field-of-view volumes, on side;
 - slices without mask pixels within `EMPTY_MARGIN` slices of the lesion: segmentation with an empty
   mask, so the model also sees "nothing to segment".
 
-Side is the PATIENT's side: the lesion's centroid column against the body's centroid column (body =
-CT above -500 HU, MR above 10 % of the volume's 99th percentile). In the radiological view the
-patient's right is on the image's left, so a lesion left of the body midline in the image is
-"right". The breast volume is a crop around the lesion, so it gets no side question. Size is
-"large" when the lesion's area on the slice is at least `LARGE_AREA_MM2` (314 mm², a disc of
-20 mm diameter; spacing from the volume header), else "small".
+Per coronal or sagittal slice with mask pixels: segmentation, grounding and a report; without mask
+pixels but within `EMPTY_MARGIN` slices of one: segmentation with an empty mask and a report.
 
-Split BY VOLUME (`CASES`): brain2 is val and lung1 test, so no slice of a held-out volume is in train.
+Side is the PATIENT's side. Axial and coronal: the lesion's centroid column against the body's
+centroid column on the same slice (body = CT above -500 HU, MR above 10 % of the volume's 99th
+percentile); the patient's right is on the image's left, so a lesion left of the body midline in
+the image is "right". Sagittal: the slice's left-right position against the body's centroid over
+the axial slices that hold lesion. The breast volume is a crop around the lesion, so it gets no
+side. Size is "large" when the lesion's area on the slice is at least `LARGE_AREA_MM2` (314 mm², a
+disc of 20 mm diameter; spacing from the volume header), else "small".
+
+Reports (`slice_report`) are templated from measurements of the mask on the slice only: plane,
+modality, body region, presence, side, the extent of the mask's tight box in mm (width x height on
+the image, native pixels times spacing), its area in square mm, small/large, and the number of
+separate regions (8-connected parts of at least `REGION_FRACTION` of the largest part).
+
+Split BY VOLUME (`CASES`): brain2 is val and lung1 test, so no slice of a held-out volume, in any
+plane, is in train.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +70,13 @@ REGISTRY_NAME = "pyradiomics"
 MEMBER_DIR = "pyradiomics-3.1.0/data"
 LARGE_AREA_MM2 = 314.0
 EMPTY_MARGIN = 2
+REGION_FRACTION = 0.25
+"""A part of the mask counts as a separate region when its area is at least this share of the largest."""
+PLANES = ("axial", "coronal", "sagittal")
 PRESENCE_QUESTION = "is there a lesion in this slice?"
 SIDE_QUESTION = "on which side of the patient is the lesion?"
 SIDE_CONVENTION = "patient side, radiological view (image left = patient right)"
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 
 
 @dataclass(frozen=True)
@@ -123,9 +146,84 @@ def lesion_size(area_px: int, spacing_rc: tuple[float, float]) -> tuple[str, flo
     return ("large" if area >= LARGE_AREA_MM2 else "small"), round(area, 1)
 
 
-def _slice_spacing(volume: Volume) -> tuple[float, float]:
-    """(row, column) spacing of a displayed slice: LPS slices are transposed, so rows run along P."""
-    return (volume.spacing[1], volume.spacing[0]) if volume.axes == "LPS" else volume.spacing[:2]
+def num_plane_slices(volume: Volume, plane: str) -> int:
+    """Number of slices of ``volume`` in ``plane`` (axial along S, coronal along P, sagittal along L)."""
+    return int(volume.data.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]])
+
+
+def plane_slice(volume: Volume, plane: str, k: int) -> np.ndarray:
+    """Slice ``k`` of an LPS volume in ``plane``, display-oriented, native pixels (see the module docstring)."""
+    if plane == "axial":
+        return slice_volume(volume, k)
+    if volume.axes != "LPS":
+        raise ValueError(f"{plane} slices need an LPS volume, got axes {volume.axes}")
+    if plane == "coronal":
+        return volume.data[:, k, ::-1].T  # (S from superior down, L from patient right)
+    if plane == "sagittal":
+        return volume.data[k, :, ::-1].T  # (S from superior down, P from anterior)
+    raise ValueError(f"unknown plane {plane!r}; expected one of {', '.join(PLANES)}")
+
+
+def plane_spacing(volume: Volume, plane: str) -> tuple[float, float]:
+    """(row, column) spacing in mm of a native `plane_slice`."""
+    if volume.axes != "LPS":
+        return (volume.spacing[0], volume.spacing[1])
+    left, posterior, superior = volume.spacing
+    return {"axial": (posterior, left), "coronal": (superior, left), "sagittal": (superior, posterior)}[plane]
+
+
+def square_rows(plane: np.ndarray, spacing_rc: tuple[float, float]) -> np.ndarray:
+    """Rows resampled (linear, cell centres aligned) so that a row is as tall as a column is wide.
+
+    Unchanged when the spacings already agree; `resample_mask` maps a mask onto the same rows.
+    """
+    rows = plane.shape[0]
+    height = max(1, round(rows * spacing_rc[0] / spacing_rc[1]))
+    if height == rows:
+        return plane
+    pos = np.clip((np.arange(height) + 0.5) * rows / height - 0.5, 0.0, rows - 1.0)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, rows - 1)
+    weight = (pos - lo)[:, None]
+    values = plane.astype(np.float64)
+    return values[lo] * (1.0 - weight) + values[hi] * weight
+
+
+def lesion_extent(mask: np.ndarray, spacing_rc: tuple[float, float]) -> list[int]:
+    """[width, height] in whole mm (at least 1) of the mask's tight box on a native slice."""
+    box = mask_box(mask)
+    if box is None:
+        raise ValueError("lesion_extent of an empty mask")
+    x0, y0, x1, y1 = box
+    return [max(1, round((x1 - x0) * spacing_rc[1])), max(1, round((y1 - y0) * spacing_rc[0]))]
+
+
+def region_sizes(mask: np.ndarray) -> list[int]:
+    """Pixel counts of the 8-connected parts of a 2-D mask, largest first."""
+    todo = mask.astype(bool).copy()
+    height, width = todo.shape
+    sizes = []
+    for y, x in zip(*np.nonzero(todo)):
+        if not todo[y, x]:
+            continue
+        todo[y, x] = False
+        stack, size = [(int(y), int(x))], 0
+        while stack:
+            r, c = stack.pop()
+            size += 1
+            for rr in (r - 1, r, r + 1):
+                for cc in (c - 1, c, c + 1):
+                    if 0 <= rr < height and 0 <= cc < width and todo[rr, cc]:
+                        todo[rr, cc] = False
+                        stack.append((rr, cc))
+        sizes.append(size)
+    return sorted(sizes, reverse=True)
+
+
+def count_regions(mask: np.ndarray) -> int:
+    """Separate regions of a lesion mask: parts of at least `REGION_FRACTION` of the largest part."""
+    sizes = region_sizes(mask)
+    return sum(1 for n in sizes if n >= REGION_FRACTION * sizes[0]) if sizes else 0
 
 
 def _caption(case: Case, side: str | None, lesion: bool) -> str:
@@ -154,58 +252,141 @@ class SliceView:
 
     index: int
     image: np.ndarray
-    """uint8 (H, W), windowed and downsampled to ``max_side``."""
+    """uint8 (H, W), windowed, rows made square (reformats) and downsampled to ``max_side``."""
     mask: np.ndarray
     """bool (H, W), the same size as ``image``."""
     lesion: bool
     near_lesion: bool
-    """No lesion here, but within `EMPTY_MARGIN` slices of one."""
+    """No lesion here, but within `EMPTY_MARGIN` slices of one (in the same plane)."""
     side: str | None
     size: str | None
     area_mm2: float
+    plane: str = "axial"
+    extent_mm: list[int] | None = None
+    """[width, height] of the lesion's tight box in mm, measured on the native slice."""
+    regions: int = 0
+    """Separate regions of the lesion on this slice (`count_regions`)."""
+    spacing_mm: tuple[float, float] = (1.0, 1.0)
+    """(row, column) size in mm of a pixel of ``image``."""
 
 
 @dataclass(frozen=True)
 class Display:
-    """Per-volume display settings: the window and the body threshold."""
+    """Per-volume display settings: the window, the body threshold and the lesion's slices per plane."""
 
     window: str | tuple[float, float]
     body_level: float
     max_side: int
+    lesion_slices: dict[str, frozenset[int]] = field(default_factory=dict)
+    """Per plane, the slice indices that hold mask pixels."""
+    body_center_l: float | None = None
+    """Mean left-right index of the body over the axial slices that hold lesion (sagittal side)."""
+
+    def near(self, plane: str, k: int) -> bool:
+        return any(abs(k - j) <= EMPTY_MARGIN for j in self.lesion_slices.get(plane, ()))
 
 
-def view_slice(case: Case, volume: Volume, mask_volume: Volume, k: int, display: Display) -> SliceView:
-    """Slice ``k`` of a case: display image, mask, and the side/size facts of its lesion (if any)."""
-    plane = slice_volume(volume, k)
-    mask = slice_volume(mask_volume, k) != 0
+def make_display(case: Case, volume: Volume, mask_volume: Volume, max_side: int) -> Display:
+    """The display settings of a case, with the lesion's slices in every plane."""
+    level = body_threshold(volume, case)
+    present = mask_volume.data != 0
+    axes = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
+    lesion_slices = {
+        plane: frozenset(int(i) for i in np.flatnonzero(present.any(axis=axes[plane]))) for plane in PLANES
+    }
+    center = None
+    axial = sorted(lesion_slices["axial"])
+    if axial and volume.axes == "LPS":
+        body = volume.data[:, :, axial[0] : axial[-1] + 1] > level
+        center = float(np.nonzero(body)[0].mean()) if body.any() else (volume.data.shape[0] - 1) / 2.0
+    return Display(display_window(volume, case), level, max_side, lesion_slices, center)
+
+
+def _side(case: Case, plane: str, k: int, raw: np.ndarray, mask: np.ndarray, display: Display) -> str | None:
+    if not case.side_questions:
+        return None
+    if plane == "sagittal":
+        assert display.body_center_l is not None
+        return "right" if k < display.body_center_l else "left"  # L grows towards the patient's left
+    return patient_side(mask, raw > display.body_level)
+
+
+def view_plane(
+    case: Case, volume: Volume, mask_volume: Volume, plane: str, k: int, display: Display
+) -> SliceView:
+    """Slice ``k`` in ``plane``: display image, mask, and the measurements of its lesion (if any)."""
+    raw = plane_slice(volume, plane, k)
+    mask = plane_slice(mask_volume, plane, k) != 0
+    spacing = plane_spacing(volume, plane)
     lesion = bool(mask.any())
-    near = not lesion and bool(
-        np.any(mask_volume.data[:, :, max(0, k - EMPTY_MARGIN) : k + EMPTY_MARGIN + 1])
+    near = not lesion and display.near(plane, k)
+    side = _side(case, plane, k, raw, mask, display) if lesion else None
+    size, area = lesion_size(int(mask.sum()), spacing) if lesion else (None, 0.0)
+    extent = lesion_extent(mask, spacing) if lesion else None
+    regions = count_regions(mask) if lesion else 0
+    if plane != "axial":
+        square = square_rows(raw, spacing)
+        if square.shape != raw.shape:
+            mask = resample_mask(mask.astype(np.uint8), square.shape).astype(bool)
+        raw, shown_spacing = square, (spacing[1], spacing[1])
+    else:
+        shown_spacing = spacing
+    shown = window(raw, modality=case.modality, window=display.window)
+    image, shown_mask = _resize(shown, mask, display.max_side)
+    scale = shown.shape[1] / image.shape[1]
+    pixel = (round(shown_spacing[0] * scale, 4), round(shown_spacing[1] * scale, 4))
+    return SliceView(k, image, shown_mask, lesion, near, side, size, area, plane, extent, regions, pixel)
+
+
+def _place(case: Case, side: str | None) -> str:
+    """ " in the right lung", " in the left hemisphere", " in the breast" (no side)."""
+    if side and case.region in SIDE_PLACES:
+        return f" in the {side} {SIDE_PLACES[case.region]}"
+    return f" in the {case.region}" if case.region not in SIDE_PLACES else ""
+
+
+def slice_report(case: Case, view: SliceView) -> str:
+    """A findings/impression report templated from the measurements of one slice (module docstring)."""
+    modality = "ct" if case.modality == "CT" else "mri"
+    technique = f"{view.plane} {modality} slice of the {case.region}"
+    if case.modality == "CT":
+        technique += " in lung window"
+    if not view.lesion:
+        return f"findings: {technique}. no lesion is seen on this slice. impression: no lesion on this slice."
+    assert view.extent_mm is not None and view.size is not None
+    where = _place(case, view.side)
+    width, height = view.extent_mm
+    findings = (
+        f"a lesion is seen{where}, measuring {width} x {height} mm on this slice, "
+        f"area {round(view.area_mm2)} square mm."
     )
-    side = patient_side(mask, plane > display.body_level) if lesion and case.side_questions else None
-    size, area = lesion_size(int(mask.sum()), _slice_spacing(volume)) if lesion else (None, 0.0)
-    shown = window(plane, modality=case.modality, window=display.window)
-    image, mask = _resize(shown, mask, display.max_side)
-    return SliceView(k, image, mask, lesion, near, side, size, area)
+    if view.regions > 1:
+        findings += f" the lesion forms {NUMBER_WORDS.get(view.regions, str(view.regions))} separate regions."
+    return f"findings: {technique}. {findings} impression: {view.size} lesion{where}."
 
 
 def slice_tasks(case: Case, view: SliceView) -> list[tuple[str, str, dict]]:
     """(task, variant, fields) for one slice (see the module docstring)."""
-    answer = "yes" if view.lesion else "no"
-    out = [
-        ("vqa", "presence", {"question": PRESENCE_QUESTION, "answer": answer, "answer_type": "closed"}),
-        ("caption", "caption", {"text": _caption(case, view.side, view.lesion)}),
-        ("classification", "type", {"label": "ct" if case.modality == "CT" else "mri"}),
-    ]
+    out = []
+    if view.plane == "axial":
+        answer = "yes" if view.lesion else "no"
+        out += [
+            ("vqa", "presence", {"question": PRESENCE_QUESTION, "answer": answer, "answer_type": "closed"}),
+            ("caption", "caption", {"text": _caption(case, view.side, view.lesion)}),
+            ("classification", "type", {"label": "ct" if case.modality == "CT" else "mri"}),
+        ]
     if view.lesion or view.near_lesion:
         out.append(("segmentation", "seg", {"target": "lesion"}))
     if view.lesion:
-        if view.side is not None:
-            q = {"question": SIDE_QUESTION, "answer": view.side, "answer_type": "open"}
-            out.append(("vqa", "side", q))
-        q = {"question": "is the lesion small or large?", "answer": view.size, "answer_type": "closed"}
-        out.append(("vqa", "size", q))
+        if view.plane == "axial":
+            if view.side is not None:
+                q = {"question": SIDE_QUESTION, "answer": view.side, "answer_type": "open"}
+                out.append(("vqa", "side", q))
+            q = {"question": "is the lesion small or large?", "answer": view.size, "answer_type": "closed"}
+            out.append(("vqa", "size", q))
         out.append(("grounding", "box", {"boxes": [{"box": mask_box(view.mask), "label": "the lesion"}]}))
+    if view.plane == "axial" or view.lesion or view.near_lesion:
+        out.append(("report", "report", {"text": slice_report(case, view)}))
     return out
 
 
@@ -218,34 +399,52 @@ def _source_record(case: Case, image_path: Path, label_path: Path) -> dict:
     return record
 
 
+def plane_indices(volume: Volume, plane: str, display: Display) -> list[int]:
+    """The slices of ``plane`` that give samples: every axial slice; reformats only at or near the lesion."""
+    count = num_plane_slices(volume, plane)
+    if plane == "axial":
+        return list(range(count))
+    if volume.axes != "LPS":
+        return []
+    return [k for k in range(count) if k in display.lesion_slices[plane] or display.near(plane, k)]
+
+
+SLICE_PREFIX = {"axial": "s", "coronal": "cor", "sagittal": "sag"}
+
+
 def case_samples(case: Case, options: DemoOptions, report: SourceReport) -> Iterator[Sample]:
-    """Every sample of one volume, slice by slice."""
+    """Every sample of one volume: axial slice by slice, then the coronal and sagittal reformats."""
     image_path, label_path = case_files(case)
     volume = load_volume(image_path, modality=case.modality)
     mask_volume = load_mask_volume(label_path, like=volume)
     record = _source_record(case, image_path, label_path)
-    display = Display(display_window(volume, case), body_threshold(volume, case), options.max_side)
-    for k in range(volume.num_slices):
-        view = view_slice(case, volume, mask_volume, k, display)
-        if view.lesion and not view.mask.any():
-            report.skip(f"{case.name} slice {k}", "lesion vanished when downsampled", kind="lesion too small")
-            continue
-        extra = {"source": record, "volume": case.name, "slice": k, "lesion_area_mm2": view.area_mm2,
-                 "lesion_side": view.side, "lesion_size": view.size, "side_convention": SIDE_CONVENTION,
-                 "templated_text": True}  # fmt: skip
-        for task, variant, fields in slice_tasks(case, view):
-            report.count(task, case.split)
-            yield Sample(
-                key=make_key("pyradiomics", case.name, f"s{k:03d}", variant),
-                task=task,
-                split=case.split,
-                image=view.image,
-                fields=fields,
-                mask=view.mask if task in ("segmentation", "grounding") else None,
-                modality=case.modality,
-                source=Provenance.of(REGISTRY_NAME).tag,
-                extra=extra,
-            )
+    display = make_display(case, volume, mask_volume, options.max_side)
+    tag = Provenance.of(REGISTRY_NAME).tag
+    for plane in PLANES:
+        for k in plane_indices(volume, plane, display):
+            view = view_plane(case, volume, mask_volume, plane, k, display)
+            if view.lesion and not view.mask.any():
+                where = f"{case.name} slice {k}" if plane == "axial" else f"{case.name} {plane} slice {k}"
+                report.skip(where, "lesion vanished when downsampled", kind="lesion too small")
+                continue
+            extra = {"source": record, "volume": case.name, "plane": plane, "slice": k,
+                     "lesion_area_mm2": view.area_mm2, "lesion_side": view.side, "lesion_size": view.size,
+                     "lesion_extent_mm": view.extent_mm, "lesion_regions": view.regions,
+                     "pixel_spacing_mm": list(view.spacing_mm), "side_convention": SIDE_CONVENTION,
+                     "templated_text": True}  # fmt: skip
+            for task, variant, fields in slice_tasks(case, view):
+                report.count(task, case.split)
+                yield Sample(
+                    key=make_key("pyradiomics", case.name, f"{SLICE_PREFIX[plane]}{k:03d}", variant),
+                    task=task,
+                    split=case.split,
+                    image=view.image,
+                    fields=fields,
+                    mask=view.mask if task in ("segmentation", "grounding") else None,
+                    modality=case.modality,
+                    source=tag,
+                    extra=extra,
+                )
 
 
 def samples(options: DemoOptions, report: SourceReport) -> Iterator[Sample]:
