@@ -12,10 +12,20 @@ bootstrap:
 demo: bootstrap
 	@bash scripts/demo.sh $(if $(CI),--ci,)
 
-## The whole test suite (unit + integration, all on the CPU; there are no GPU tests), after a lint check.
+## The whole test suite after a lint check: unit + integration on the CPU, real registry data included (fetched
+## once into .cache/registry, sha256-checked, as `make demo` does: scripts/fetch_registry.py), the browser test
+## on Debian's chromium (scripts/install-chromium.sh, once), run on $(PYTEST_WORKERS) pytest-xdist workers, a
+## test file per worker at a time (its module fixtures, servers included, are built once; the tests on the shared
+## ONNX export form one unit: tests/conftest.py). The GPU tests (tests/gpu/, marker `gpu`: bf16 training on
+## CUDA, ONNX Runtime CUDA parity) run where CUDA is present and skip, saying so, elsewhere.
+## PYTEST_WORKERS=auto uses every core, 0 one process; PYTEST_ARGS adds pytest options.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 test: bootstrap
 	$(BIN)/ruff check biomedgpt tests benchmarks
-	$(BIN)/python -m pytest -q
+	@bash scripts/install-chromium.sh
+	$(BIN)/python scripts/fetch_registry.py
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check biomedgpt tests benchmarks

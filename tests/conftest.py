@@ -3,7 +3,7 @@ the real-data tests read, and set-ups built once per run and shared by every pyt
 
 - `build_once(tmp_path_factory, name, build)`: a folder built by the first worker that asks for it, under a
   file lock in the run's base temp folder (the parent of each worker's own), and reused by the others. The
-  costly session fixtures (the served model, its ONNX export, the trained tiny run) use it.
+  costly session fixtures (the served model and its ONNX export) use it.
 - `registry_cache`: every pinned registry source fetched and sha256-checked (`scripts/fetch_registry.py`,
   which `make test` runs first; the same `registry.fetch` that `make demo` uses). A fetch that fails is an
   error, never a skip.
@@ -21,6 +21,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist workers share the cores: each gets its share of intra-op threads (torch reads this when it is first
+    # imported, after this file; the subprocesses a test starts inherit it) instead of one spinning per core each.
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -70,8 +75,83 @@ def registry_cache() -> Path:
     return _fetch_registry_module().fetch_all(quiet=True)
 
 
+# xdist work units under `--dist loadgroup` (`make test`). Every test file is one unit (its module fixtures,
+# servers included, are built once), tests with an `xdist_group` mark form that group's unit, and the tests that
+# need a costly shared build form one unit per build: the worker that builds it goes on with them, and the other
+# worker never waits idle on the build's lock. Workers know each test's fixtures, the controller only node ids:
+# the workers write the map (node id -> unit) to $GROUPS_ENV during collection, and the controller's scheduler
+# reads it. (pytest-xdist's own loadgroup renames `item._nodeid`, which pytest 9 no longer reads.)
+SHARED_BUILD_GROUPS = {"exported_model_dir": "onnx-export"}
+GROUPS_ENV = "BIOMEDGPT_TEST_XDIST_GROUPS"
+
+
+def _loadgroup(config) -> bool:
+    return getattr(config.option, "loadgroup", False) or getattr(config.option, "dist", "no") == "loadgroup"
+
+
+def pytest_configure(config) -> None:
+    if _loadgroup(config) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="biomedgpt-xdist-")
+        config._biomedgpt_groups_dir = folder
+        os.environ[GROUPS_ENV] = os.path.join(folder, "groups.json")  # the workers, started later, inherit it
+
+
+def pytest_unconfigure(config) -> None:
+    folder = getattr(config, "_biomedgpt_groups_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(GROUPS_ENV, None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if not _loadgroup(config):
+        return None
+    import json
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # every worker has collected (and written the map) before scheduling
+                path = Path(os.environ.get(GROUPS_ENV, "/nonexistent"))
+                self.groups = json.loads(path.read_text()) if path.is_file() else {}
+            if nodeid in self.groups:
+                return self.groups[nodeid]
+            if nodeid.rfind("@") > nodeid.rfind("]"):  # an older pytest with xdist's own suffix
+                return nodeid.rsplit("@", 1)[1]
+            return nodeid.split("::")[0]
+
+    return UnitScheduling(config, log)
+
+
+def _write_groups(items) -> None:
+    import json
+
+    groups = {}
+    for item in items:
+        marks = [
+            m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")
+        ]
+        shared = [group for name, group in SHARED_BUILD_GROUPS.items() if name in item.fixturenames]
+        if marks or shared:
+            groups[item.nodeid] = "_".join(sorted(map(str, marks))) if marks else shared[0]
+    path = Path(os.environ[GROUPS_ENV])
+    part = path.with_name(f"{path.name}.{os.getpid()}")
+    part.write_text(json.dumps(groups))
+    part.replace(path)  # both workers write the same map
+
+
+# tryfirst: xdist's own hook renames items of `xdist_group` marks (on an older pytest): the map uses plain ids.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """`gpu` tests skip where CUDA is missing, saying so; on a machine with CUDA they run like any other."""
+    """Writes the xdist unit map (above) on workers; `gpu` tests skip where CUDA is missing, saying so."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS_ENV):
+        _write_groups(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return

@@ -20,15 +20,20 @@ def _numpy(values) -> np.ndarray:
 
 def assert_close_to_scale(actual, expected, *, rel: float, what: str = "values") -> float:
     """Every element of `actual` within `rel * max|expected|` of `expected` (same shape); returns the worst
-    difference as a fraction of that scale. Matching infinities (padding biases) count as equal."""
+    difference as a fraction of that scale. Matching infinities (padding biases) count as equal; an expected
+    all-zero tensor must come out all zero."""
     got, want = _numpy(actual), _numpy(expected)
     assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
     finite = np.isfinite(want)
     assert (np.isfinite(got) == finite).all() and (got[~finite] == want[~finite]).all(), (
         f"{what}: infinities or NaNs differ"
     )
-    scale = float(np.abs(want[finite]).max()) if finite.any() else 0.0
-    assert scale > 0, f"{what}: all zero, so nothing is compared"
-    worst = float(np.abs(got[finite] - want[finite]).max()) / scale
-    assert worst <= rel, f"{what}: differ by {worst:.2e} of their scale {scale:.3g} (> {rel:g})"
-    return worst
+    if not finite.any():
+        return 0.0
+    scale = float(np.abs(want[finite]).max())
+    diff = float(np.abs(got[finite] - want[finite]).max())
+    if scale == 0.0:  # all zeros (a padding bias, say): zeros it must stay
+        assert diff == 0.0, f"{what}: zeros expected, got values up to {diff:.3g}"
+        return 0.0
+    assert diff <= rel * scale, f"{what}: differ by {diff / scale:.2e} of their scale {scale:.3g} (> {rel:g})"
+    return diff / scale

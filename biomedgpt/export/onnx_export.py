@@ -1,7 +1,8 @@
 """`biomedgpt export`: a checkpoint folder -> an export folder the ONNX Runtime engine serves.
 
     encoder.onnx, decoder.onnx        the two graphs of `biomedgpt.model.graphs` (fp32)
-    encoder.int8.onnx, decoder.int8.onnx   with --int8: dynamic int8 quantization, kept only if the gate passes
+    encoder.int8.onnx, decoder.int8.onnx   with --int8: int8 MatMul/Gemm (dynamic) and ResNet stem (static,
+                                      calibrated), kept only if the gate passes (`biomedgpt.export.quantize`)
     config.json, tokenizer.json, tokenizer_config.json, preprocessor_config.json
     serving.json                      model id, default decoding settings, and what the checkpoint records:
                                       trained tasks, the prompt of each
@@ -43,7 +44,12 @@ COPIED_FILES = (
 @dataclass(kw_only=True)
 class ExportOptions:
     int8: bool = False
-    """Also write dynamically quantized int8 graphs, kept only when the gate passes."""
+    """Also write int8 graphs (`biomedgpt.export.quantize`), kept only when the gate passes."""
+    int8_stem: bool = True
+    """With `int8`: also quantize the encoder's ResNet stem (static, calibrated on the gate shards' images); it
+    goes back to fp32 when the gate rejects it."""
+    calibration_images: int = 32
+    """Images (train split of the gate shards, else val, else test) that calibrate the int8 stem."""
     gate_shards: list[str] | None = None
     """Held-out shards the int8 gate evaluates on (default: the checkpoint's data.val_shards)."""
     gate_max_samples: int = 64

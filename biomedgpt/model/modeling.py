@@ -737,9 +737,14 @@ class BiomedGPTForConditionalGeneration(BiomedGPTPreTrainedModel, GenerationMixi
         use_cache: bool | None = None,
         output_hidden_states: bool = False,
         return_dict: bool | None = None,
+        logits_mask: torch.Tensor | None = None,
         **kwargs: object,
     ) -> Seq2SeqLMOutput:
-        """labels (B, L): target tokens ending with eos, -100 where ignored; decoder inputs are labels shifted right."""
+        """labels (B, L): target tokens ending with eos, -100 where ignored; decoder inputs are labels shifted right.
+
+        logits_mask (B, L) bool: compute the logits only at these decoder positions, as (N, V) in row-major order
+        (training: the labelled positions; the vocabulary projection of padding is most of a mixed batch's work).
+        """
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
@@ -756,10 +761,14 @@ class BiomedGPTForConditionalGeneration(BiomedGPTPreTrainedModel, GenerationMixi
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(outputs.last_hidden_state)  # (B, L, V)
+        hidden = outputs.last_hidden_state
+        logits = self.lm_head(hidden if logits_mask is None else hidden[logits_mask])  # (B, L, V) or (N, V)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            targets = labels if logits_mask is None else labels[logits_mask]
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

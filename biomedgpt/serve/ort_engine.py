@@ -26,6 +26,36 @@ def graph_files(precision: str) -> dict[str, str]:
     return {g: f"{g}{suffix}.onnx" for g in ("encoder", "decoder")}
 
 
+def session_options(num_threads: int | None = None, *, spinning: bool = True):
+    """ONNX Runtime session options of the engine's graphs.
+
+    - Every graph optimisation (ORT_ENABLE_ALL): constant folding, Conv+BatchNorm/activation/Add fusion, the
+      NCHWc layout for fp32 convolutions, QDQ -> QLinearConv and the NHWC layout for the int8 stem, attention
+      and LayerNorm fusions. Done at load (a few seconds); the optimised graph is not written back, since the
+      NCHWc and NHWC layouts are chosen for the CPU that loads it.
+    - `num_threads` intra-op threads (None: ONNX Runtime's default, one per physical core), one inter-op thread
+      and sequential execution: one request batch at a time uses every core.
+    - The memory arena and memory patterns (ONNX Runtime's defaults, set here so they are explicit): buffers
+      are planned once per input shape and reused.
+    - `spinning`: whether idle pool threads spin before they sleep. The encoder's pool should not: it runs
+      once per admitted batch, and its threads spinning after the call take the cores from the decoder step
+      that follows (on 2 busy cores the encoder alone ran about 1.2-1.5x faster without). The decoder's pool
+      runs every step and keeps its threads hot.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
 class OrtEngine(Engine):
     name: ClassVar[str] = "onnxruntime"
     manifest_required: ClassVar[bool] = True  # `biomedgpt export` always writes the sha256 of every file
@@ -55,14 +85,13 @@ class OrtEngine(Engine):
             )
             raise FileNotFoundError(f"not an ONNX export folder: missing {', '.join(missing)}{hint}")
         super().__init__(model_dir, limits=limits, verify=verify)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if num_threads:
-            options.intra_op_num_threads = num_threads
-        options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(paths["encoder"]), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(paths["decoder"]), options, providers=providers)
+        self.encoder = ort.InferenceSession(
+            str(paths["encoder"]), session_options(num_threads, spinning=False), providers=providers
+        )
+        self.decoder = ort.InferenceSession(
+            str(paths["decoder"]), session_options(num_threads), providers=providers
+        )
         expected = {"decoder": "cache_lengths", "encoder": "patch_masks"}
         for graph, name in expected.items():
             session = self.decoder if graph == "decoder" else self.encoder
@@ -104,7 +133,7 @@ class OrtEngine(Engine):
             {
                 "input_ids": input_ids,
                 "attention_mask": attention_mask,
-                "patch_images": pixels.astype(np.float32),
+                "patch_images": np.ascontiguousarray(pixels, dtype=np.float32),  # no copy when it is already
                 "patch_masks": np.ones(len(input_ids), dtype=bool) if patch_masks is None else patch_masks,
             },
         )

@@ -62,8 +62,20 @@ class BiomedGPTModule(pl.LightningModule):
         return self.model(**inputs, decoder_input_ids=decoder_input_ids).logits
 
     def step_loss(self, batch: dict) -> torch.Tensor:
-        """The training loss of a batch: label-smoothed token cross-entropy, computed once."""
-        return token_loss(self(batch), batch["labels"], label_smoothing=self.train_cfg.label_smoothing)
+        """The training loss of a batch: label-smoothed token cross-entropy, computed once, on the labelled
+        positions only (the logits of padding are never computed: in a batch that mixes one-word answers with
+        masks of a hundred tokens, they are most of the vocabulary projection's work)."""
+        labels = batch["labels"]
+        labelled = labels.ne(-100)
+        inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+        config = self.model.config
+        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+        logits = self.model(
+            **inputs, decoder_input_ids=decoder_input_ids, logits_mask=labelled
+        ).logits  # (N, V)
+        return F.cross_entropy(
+            logits.float(), labels[labelled], label_smoothing=self.train_cfg.label_smoothing
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.step_loss(batch)

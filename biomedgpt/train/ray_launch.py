@@ -74,6 +74,49 @@ class ReportCheckpoints(pl.Callback):
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=folder.name)
 
 
+class StepProgress(pl.Callback):
+    """One line every `every` steps on rank 0: step, loss, seconds per step, elapsed and remaining time.
+
+    Lightning's progress bar redraws one terminal line, which Ray forwards from a worker only when the run ends;
+    these lines reach the driver's output as they come (and measure the launcher's throughput)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, every)
+        self._started: float | None = None
+        self._first_step = self._shown = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._started is None:  # from the end of the first step: startup and the first batch excluded
+            self._started, self._first_step = time.perf_counter(), step
+            return
+        if (
+            not trainer.is_global_zero
+            or step == self._shown
+            or (step % self.every and step != trainer.max_steps)
+        ):
+            return
+        self._shown = step
+        elapsed = time.perf_counter() - self._started
+        per_step = elapsed / max(step - self._first_step, 1)
+        loss = trainer.callback_metrics.get("train/loss")
+        print(
+            f"step {step}/{trainer.max_steps}  loss {float(loss) if loss is not None else float('nan'):.3f}  "
+            f"{per_step:.2f} s/step  elapsed {elapsed / 60:.1f} min  "
+            f"left {per_step * (trainer.max_steps - step) / 60:.1f} min",
+            flush=True,
+        )
+
+
+def quiet_ray_workers() -> None:
+    """Ray's `worker_process_setup_hook` for the local instance: Ray Train's placement-group cleaner asks the
+    state API, which a Ray started without its dashboard does not have, once a second for the whole run, and
+    warns each time; those warnings are dropped (errors still show)."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
+
+
 def ray_worker(config: dict, *, extra_callbacks: Callable[[], list] | None = None) -> None:
     """The per-worker function of `TorchTrainer`: rebuild the run config, plug Ray in, run `train_worker`.
 
@@ -86,6 +129,8 @@ def ray_worker(config: dict, *, extra_callbacks: Callable[[], list] | None = Non
 
     cfg = from_dict(RunConfig, config)
     context = ray.train.get_context()
+    threads = cpu_threads(cfg)
+    log.info("rank %d: %d torch CPU thread(s)", context.get_world_rank(), threads)
     # Multitask batches leave parts of the model unused (text-only samples never touch the image stem), so DDP
     # has to look for parameters without gradients at every step.
     strategy = (
@@ -94,7 +139,11 @@ def ray_worker(config: dict, *, extra_callbacks: Callable[[], list] | None = Non
     hooks = WorkerHooks(
         strategy=strategy,
         plugins=[RayLightningEnvironment()],
-        callbacks=[ReportCheckpoints(), *(extra_callbacks() if extra_callbacks else [])],
+        callbacks=[
+            ReportCheckpoints(),
+            StepProgress(max(cfg.train.log_every, cfg.train.max_steps // 20)),
+            *(extra_callbacks() if extra_callbacks else []),
+        ],
         prepare_trainer=prepare_trainer,
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
@@ -108,6 +157,18 @@ def ray_worker(config: dict, *, extra_callbacks: Callable[[], list] | None = Non
         log.info("rank %d resumes from the reported checkpoint %s", hooks.rank, checkpoint.path)
         hooks.resume_from = Path(folder)
         train_worker(cfg, hooks)
+
+
+def cpu_threads(cfg: RunConfig) -> int:
+    """Set this worker's torch intra-op threads to the CPUs Ray reserved for it (`dist.cpus_per_worker`); returns
+    the count. torch would otherwise start one thread per core of the machine in every worker: 2 workers on 2
+    cores then run 4 busy threads that preempt each other, and each step waits for the slowest. The worker's
+    data-loading processes (`data.num_workers`) share those CPUs."""
+    import torch
+
+    if not cfg.dist.use_gpu:
+        torch.set_num_threads(cfg.dist.cpus_per_worker)
+    return torch.get_num_threads()
 
 
 def launch_ray(cfg: RunConfig, *, extra_callbacks: Callable[[], list] | None = None) -> Path | None:
@@ -192,18 +253,45 @@ def ray_session(cfg: RunConfig, run_dir: Path) -> Iterator[None]:
         if temp_dir is None:
             ray.init(address=cfg.dist.address)
         else:
-            ray.init(
-                address="local",  # never attach to another instance found through RAY_ADDRESS or /tmp/ray
-                num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
-                include_dashboard=False,
-                _temp_dir=str(temp_dir),
-            )
+            start_local_ray(cfg, temp_dir)
             log.info("started a local Ray instance; its files are in %s", temp_dir)
         yield
     finally:
         ray.shutdown()
         if temporary:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+LOCAL_RAY_STARTS = 3
+"""Tries to start the local Ray instance: Ray gives its raylet a fixed 30 s to register with the GCS, which a busy
+2-core machine can miss."""
+
+
+def start_local_ray(cfg: RunConfig, temp_dir: Path) -> None:
+    """`ray.init` of a local instance with the CPUs the workers reserve, no dashboard, its files in `temp_dir`;
+    tried again (up to `LOCAL_RAY_STARTS` in all) when the node times out during startup."""
+    import ray
+
+    for attempt in range(1, LOCAL_RAY_STARTS + 1):
+        try:
+            ray.init(
+                address="local",  # never attach to another instance found through RAY_ADDRESS or /tmp/ray
+                num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
+                include_dashboard=False,
+                _temp_dir=str(temp_dir),
+                runtime_env={"worker_process_setup_hook": quiet_ray_workers},
+            )
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_STARTS:
+                raise
+            log.warning(
+                "the local Ray instance did not start in time (try %d of %d): %s",
+                attempt,
+                LOCAL_RAY_STARTS,
+                err,
+            )
+            ray.shutdown()
 
 
 def failure_message(err: Exception, cfg: RunConfig, run_path: str) -> str:

@@ -51,6 +51,62 @@ def test_bad_arrays_and_huge_images_are_refused():
         ImageProcessorConfig(image_size=30)
 
 
+def _formula(image, size: int, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
+    """The preprocessing as written before it was made faster: RGB, bicubic resize, x / 255, - mean, / std."""
+    rgb = to_rgb_uint8(image).resize((size, size), Image.Resampling.BICUBIC)
+    array = np.asarray(rgb, dtype=np.float32) / 255.0
+    return ((array - mean) / std).transpose(2, 0, 1)
+
+
+def _inputs() -> dict[str, object]:
+    rng = np.random.default_rng(7)
+    shade = (np.add.outer(np.arange(90), np.arange(70)) * 1.4).astype(np.uint8)  # smooth gray (90, 70)
+    color = rng.integers(0, 256, (41, 77, 3), dtype=np.uint8)
+    almost_gray = np.repeat(shade[..., None], 3, axis=2)
+    almost_gray[60, 33, 2] ^= 1  # one pixel off gray: must take the RGB path
+    return {
+        "L": Image.fromarray(shade),
+        "gray as RGB (the API's decoder)": Image.fromarray(shade).convert("RGB"),
+        "color RGB": Image.fromarray(color),
+        "almost gray RGB": Image.fromarray(almost_gray),
+        "RGBA": Image.fromarray(rng.integers(0, 256, (33, 35, 4), dtype=np.uint8)),
+        "palette": Image.fromarray(color).convert("P"),
+        "16-bit gray image": Image.fromarray(rng.integers(0, 65536, (30, 50), dtype=np.uint16)),
+        "uint8 2-D": shade,
+        "uint8 (H, W, 1)": shade[..., None],
+        "uint8 gray (H, W, 3)": np.repeat(shade[..., None], 3, axis=2),
+        "uint8 color (H, W, 3)": color,
+        "uint16 2-D": rng.integers(0, 65536, (48, 48), dtype=np.uint16),
+        "float 2-D": rng.random((20, 24)),
+        "int32 2-D": rng.integers(-20, 300, (17, 19)).astype(np.int32),
+        "same size": rng.integers(0, 256, (32, 32), dtype=np.uint8),
+    }
+
+
+@pytest.mark.parametrize("name", list(_inputs()))
+@pytest.mark.parametrize("size", [32, 64])
+def test_preprocessing_equals_the_formula_bit_for_bit(name, size):
+    """The fast path (gray resized once, a lookup table into a preallocated array) gives exactly the values of
+    the plain formula, for every kind of input the engine and the data pipeline pass."""
+    image = _inputs()[name]
+    proc = BiomedGPTImageProcessor(ImageProcessorConfig(image_size=size))
+    got = proc.preprocess_one(image)
+    assert got.dtype == np.float32 and got.shape == (3, size, size) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, _formula(image, size))
+
+
+def test_preprocessing_writes_into_a_given_array_and_other_normalizations_hold():
+    image = _inputs()["color RGB"]
+    proc = BiomedGPTImageProcessor(ImageProcessorConfig(image_size=32, mean=0.45, std=0.27))
+    batch = np.full((2, 3, 32, 32), 9.0, np.float32)
+    row = batch[1]
+    assert proc.preprocess_one(image, out=row) is row
+    np.testing.assert_array_equal(batch[1], _formula(image, 32, mean=0.45, std=0.27))
+    assert (batch[0] == 9.0).all()
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        proc.preprocess_one(image, out=np.empty((3, 32, 32), np.float64))
+
+
 def test_prompts_are_wrapped_and_right_padded(processor):
     batch = processor(
         text=[" what does the image describe?", " is there a lesion?"], images=None, return_tensors="np"
