@@ -155,7 +155,7 @@ class Evaluator:
 
     def __init__(self, cfg: RunConfig, *, device: str = "cpu") -> None:
         from biomedgpt.model.decode_spec import DecodeSpec
-        from biomedgpt.serve.engine import EngineLimits
+        from biomedgpt.serve.engine import EngineLimits, read_folder_json
         from biomedgpt.serve.engines import load_engine
 
         checkpoint = cfg.eval.checkpoint
@@ -173,7 +173,7 @@ class Evaluator:
         # Served or not, eval scores every task the model learned.
         self.engine.tasks = self.engine.trained_tasks
         self.engine.defaults = DecodeSpec.from_config(cfg.generation)
-        self.baselines: dict[str, Any] = _read_json(self.checkpoint / "baselines.json")
+        self.baselines: dict[str, Any] = read_folder_json(self.checkpoint / "baselines.json")
 
     def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from biomedgpt.tasks import get_task
@@ -216,15 +216,6 @@ class Evaluator:
 
 MAX_POSITIONS = 1024
 """The longest prompt and output eval asks of an engine (the positions of OFA's largest models)."""
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
 def _jsonable(value: Any) -> Any:

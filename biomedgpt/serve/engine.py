@@ -111,7 +111,7 @@ class Engine(abc.ABC):
         self.tokenizer = ServeTokenizer.from_dir(self.model_dir)
         self.image_processor = BiomedGPTImageProcessor.from_pretrained(self.model_dir)
         self.image_size = self.image_processor.image_size
-        serving = _read_json(self.model_dir / "serving.json")
+        serving = read_folder_json(self.model_dir / "serving.json")
         self.model_id: str = serving.get("model_id") or self.model_dir.name
         self.defaults = DecodeSpec(**serving.get("generation", {}))
         self.max_target_positions: int = serving.get("max_target_positions", 1024)
@@ -123,7 +123,7 @@ class Engine(abc.ABC):
             log.warning(
                 "%s was trained on no served task (%s)", self.model_dir, ", ".join(self.trained_tasks)
             )
-        self.answers: dict[str, list[str]] = _read_json(self.model_dir / "answers.json")
+        self.answers: dict[str, list[str]] = read_folder_json(self.model_dir / "answers.json")
         # The prompt each task was trained with, as the model folder records it (imports: BiomedGPT's own).
         self.prompts: dict[str, str] = dict(serving.get("prompts") or {})
         # Tasks whose decoder reads the prompt again before the answer (BiomedGPT's VQA: prev_output).
@@ -411,7 +411,8 @@ def _mixture_tasks(path: Path) -> list[str] | None:
     return tasks or None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_folder_json(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file (serving.json, answers.json, baselines.json); {} when it is absent."""
     if not path.is_file():
         return {}
     try:
