@@ -44,8 +44,8 @@ CALIBRATION_SPLITS = ("train", "val", "test")
 
 def stem_nodes(graph) -> tuple[list[str], list[str]]:
     """The ResNet stem of an encoder graph (an `onnx.GraphProto`): the names of the nodes computed from
-    `patch_images` alone by `STEM_OPS` (in graph order), and the stem's outputs: its tensors that other nodes
-    or the graph's outputs read."""
+    `patch_images` alone by `STEM_OPS` (in graph order), and the stem's outputs: its tensors whose values other
+    nodes or the graph's outputs read (the feature map the transformer encoder embeds)."""
     constants = {t.name for t in graph.initializer} | {
         o for node in graph.node if node.op_type == "Constant" for o in node.output
     }
@@ -62,9 +62,12 @@ def stem_nodes(graph) -> tuple[list[str], list[str]]:
             names.append(node.name)
             inside.update(o for o in node.output if o)
     members = set(names)
-    read_elsewhere = {i for node in graph.node if node.name not in members for i in node.input} | {
-        o.name for o in graph.output
-    }
+    read_elsewhere = {
+        i
+        for node in graph.node
+        if node.name not in members and node.op_type != "Shape"  # the exporter's shape checks read no values
+        for i in node.input
+    } | {o.name for o in graph.output}
     produced = [o for node in graph.node if node.name in members for o in node.output if o]
     return names, [o for o in produced if o in read_elsewhere]
 
