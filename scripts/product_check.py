@@ -116,12 +116,12 @@ def best_baseline(entry: dict[str, Any], metric: str) -> tuple[str, float | None
     return max(named, key=lambda item: item[1]) if named else ("-", None)
 
 
-def tolerance(manifest: dict[str, Any], task: str, metric: str, n: int) -> float:
+def tolerance(manifest: dict[str, Any], precision: str, task: str, metric: str, n: int) -> float:
     """How far the served figure may be from the report's (module docstring): the int8 change the gate measured
     on these samples (at least its allowance) when int8 is served, plus one sample's worth."""
     gate = manifest.get("int8") or {}
     allowed = 0.0
-    if gate.get("accepted"):
+    if precision == "int8" and gate.get("accepted"):
         fp32 = (gate.get("fp32") or {}).get(task, {}).get(metric)
         int8 = (gate.get("int8") or {}).get(task, {}).get(metric)
         measured = abs(int8 - fp32) if isinstance(fp32, float) and isinstance(int8, float) else 0.0
@@ -182,7 +182,7 @@ def check_tasks(args, key: str, tasks: list[str], report: dict, manifest: dict) 
         value, reported = served.get(metric), (entry.get("fixed") or {}).get(metric)
         paraphrased = (entry.get("eval") or {}).get(metric)
         base_name, base = best_baseline(entry, metric)
-        tol = tolerance(manifest, name, metric, n)
+        tol = tolerance(manifest, args.precision, name, metric, n)
         verdicts = []
         if not isinstance(value, float) or math.isnan(value):
             verdicts.append("no figure")
@@ -199,7 +199,10 @@ def check_tasks(args, key: str, tasks: list[str], report: dict, manifest: dict) 
     def fmt(v) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    print("\n== served answers judged on the samples eval scored (test split, the prompts the model records)")
+    print(
+        f"\n== served answers ({args.precision} graphs) judged on the samples eval scored (test split, PyTorch fp32;"
+        " the prompts the model records)"
+    )
     header = f"  {'task':<15}{'n':>4}  {'metric':<18}{'served':>8}{'eval':>8}{'+/-':>7}{'paraphr.':>10}{'baseline':>10}  verdict"
     print(header)
     for name, n, metric, value, reported, tol, paraphrased, base, base_name, verdicts in rows:
@@ -209,6 +212,10 @@ def check_tasks(args, key: str, tasks: list[str], report: dict, manifest: dict) 
         print(
             f"  {name:<15}{n:>4}  {metric:<18}{fmt(value):>8}{fmt(reported):>8}{tol:>7.3f}{fmt(paraphrased):>10}{fmt(base):>10}  {verdict}"
         )
+    print(
+        "  (served: the API's answers; eval: the report's figure on the same samples; +/-: the difference allowed;"
+        " paraphr.: the report's figure with held-out paraphrases; baseline: the report's best trivial baseline)"
+    )
     print(f"\n== a few answers per task (first {SHOWN_ANSWERS} samples): reference -> served")
     for name, sample, output in answers:
         request = get_task(name).request_value(sample)
@@ -226,6 +233,12 @@ def main() -> int:
     parser.add_argument("--shards", required=True)
     parser.add_argument("--export", required=True)
     parser.add_argument("--report", required=True)
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="the graphs the API serves (serve precision=)",
+    )
     args = parser.parse_args()
     key = os.environ.get("BIOMEDGPT_API_KEY", "")
     started = time.perf_counter()

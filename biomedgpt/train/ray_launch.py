@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -100,12 +101,13 @@ class StepProgress(pl.Callback):
         elapsed = time.perf_counter() - self._started
         per_step = elapsed / max(step - self._first_step, 1)
         loss = trainer.callback_metrics.get("train/loss")
-        print(
+        # Straight to the process's stdout: the progress bar's console (rich) re-prints what goes through sys.stdout.
+        sys.__stdout__.write(
             f"step {step}/{trainer.max_steps}  loss {float(loss) if loss is not None else float('nan'):.3f}  "
             f"{per_step:.2f} s/step  elapsed {elapsed / 60:.1f} min  "
-            f"left {per_step * (trainer.max_steps - step) / 60:.1f} min",
-            flush=True,
+            f"left {per_step * (trainer.max_steps - step) / 60:.1f} min\n"
         )
+        sys.__stdout__.flush()
 
 
 def quiet_ray_workers() -> None:
