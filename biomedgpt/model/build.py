@@ -2,6 +2,7 @@
 
     build_processor(cfg) -> BiomedGPTProcessor   the folder's tokenizer and preprocessor, else the default ones
     build_model(cfg, processor) -> BiomedGPTForConditionalGeneration
+    init_location_embeddings(model, layout)      `<bin_i>` embeddings as sinusoids of i (model.location_init)
     check_init_from(path)                        `model.init_from` is a model folder with safetensors weights
 
 Training (`biomedgpt.train.worker`) builds its model here; so may anything else that needs the model a run config
@@ -10,6 +11,7 @@ describes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,29 @@ def build_model(cfg: RunConfig, processor):
         max_source_positions=cfg.model.max_source_positions,
         max_target_positions=cfg.model.max_target_positions,
     )
-    return BiomedGPTForConditionalGeneration(config)
+    model = BiomedGPTForConditionalGeneration(config)
+    if cfg.model.location_init == "sinusoidal":
+        init_location_embeddings(model, processor.tokenizer.layout)
+    return model
+
+
+def init_location_embeddings(model, layout) -> None:
+    """Set the shared embedding's `<bin_0>`..`<bin_N-1>` rows to sinusoids of the bin's index, at the scale of the
+    random rows (std `init_std`). Frequencies run from one radian per bin to one turn over the whole range, so
+    neighbouring bins start close and far ones apart; the output layer is tied to these rows, so from the first
+    step a gradient towards one location also moves its neighbours. Random rows make 1,000 unrelated classes of a
+    coordinate, which a small model on a small corpus does not learn to place."""
+    import torch
+
+    first, last = layout.bin_range
+    count, dim = last - first + 1, model.config.d_model
+    index = torch.arange(count, dtype=torch.float32)[:, None]
+    rates = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(count) / dim))[None, :]
+    table = torch.zeros(count, dim)
+    table[:, 0::2] = torch.sin(index * rates)
+    table[:, 1::2] = torch.cos(index * rates)[:, : dim // 2]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[first : last + 1] = table * model.config.init_std * math.sqrt(2.0)
 
 
 def check_init_from(path: Path, *, hashes: bool = True) -> None:

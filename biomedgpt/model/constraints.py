@@ -6,6 +6,7 @@ Kept free of torch so that the ONNX Runtime engine (`biomedgpt.serve`) can decod
   candidate answers (each ending with eos) are allowed, so the output is always a listed answer.
 - `banned_ngram_tokens`: the tokens that would repeat an n-gram already present (fairseq's `no_repeat_ngram_size`).
 - `Constraints`: a `DecodeSpec`'s rules as one additive mask per step, for the PyTorch loop and the engines alike.
+- `grouped_argmax`: greedy's choice when one answer is spread over many tokens (a location over 1,000 bins).
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ DECODER_PREFIX_MODES = ("prompt", "prompt+eos")
 """How a task's decoder prefix is made from its encoder prompt (a model folder's `serving.json`
 `decoder_prefix`): OFA's `--prompt-type prev_output` is "prompt" (the prompt's tokens after `<s>`), `src` is
 "prompt+eos" (the same, then `</s>`)."""
+
+
+def grouped_argmax(logprobs: np.ndarray, grouped: np.ndarray | None) -> int:
+    """Greedy's next token when the tokens in `grouped` ((V,) bool) are one choice: the group's total probability
+    is weighed against each other token's, and the likeliest token of the winner is taken.
+
+    Why: a mask or a box starts with a location, and the model spreads that location over 1,000 `<bin>` tokens.
+    Plain argmax compares `</s>` ("no mask") with each bin alone, so a model 90 % sure that there is a lesion,
+    but unsure where to within a few bins, answers "no lesion". Weighing the bins together asks the question the
+    model was trained on: is there a location next, or the end? `grouped=None` is plain argmax.
+    """
+    if grouped is None:
+        return int(logprobs.argmax())
+    inside = np.where(grouped, logprobs, -np.inf)
+    outside = np.where(grouped, -np.inf, logprobs)
+    best_outside = int(outside.argmax())
+    top = inside.max()
+    if not np.isfinite(top):
+        return best_outside
+    mass = top + np.log(np.exp(inside - top).sum())
+    return int(inside.argmax()) if mass >= outside[best_outside] else best_outside
 
 
 def decoder_prefix(prompt_ids: Sequence[int], mode: str | None, *, bos: int, eos: int) -> list[int]:

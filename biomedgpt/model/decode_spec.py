@@ -29,6 +29,10 @@ class DecodeSpec:
     allowed_tokens: np.ndarray | None = None
     """(V,) bool: tokens that may be generated; None = all but pad, bos and the start token."""
     trie: AnswerTrie | None = None
+    grouped_tokens: np.ndarray | None = None
+    """(V,) bool: tokens greedy decoding weighs as one choice (`constraints.grouped_argmax`: a location is spread
+    over 1,000 bins, so their total probability is compared with `</s>`'s); None = plain argmax. The task sets it
+    (`Task.grouped_token_mask`); sampling and beam search already weigh probability mass and ignore it."""
     decoder_prefixes: list[list[int]] | None = None
     """Per sample, tokens forced after the start token before generation begins: conditioning only (not
     scored, not returned, unseen by the constraints; `max_new_tokens` counts the tokens after them)."""

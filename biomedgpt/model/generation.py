@@ -89,6 +89,18 @@ class _Constraints:
         return torch.from_numpy(np.array(self.rules(step, rows), dtype=np.float32)).to(self.device)
 
 
+def _greedy_choice(logprobs: torch.Tensor, grouped: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) -> each row's (log-prob, token) of greedy's choice: argmax, or with `grouped` ((V,) bool) the rule
+    of `constraints.grouped_argmax` (the group's total probability against each other token's)."""
+    if grouped is None:
+        return logprobs.max(dim=-1)
+    inside = logprobs.masked_fill(~grouped, float("-inf"))
+    best_out, token_out = logprobs.masked_fill(grouped, float("-inf")).max(dim=-1)
+    best_in, token_in = inside.max(dim=-1)
+    take = torch.isfinite(best_in) & torch.logsumexp(inside, dim=-1).ge(best_out)
+    return torch.where(take, best_in, best_out), torch.where(take, token_in, token_out)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -163,11 +175,14 @@ def _greedy(model, encoder_outputs, code_masks, options: DecodeSpec) -> Generati
     written = torch.zeros(batch, dtype=torch.long, device=device)
     rows: list[list[int]] = [[] for _ in range(batch)]
     track = options.trie is not None or options.no_repeat_ngram_size > 0
+    grouped = (
+        None if options.grouped_tokens is None else torch.as_tensor(options.grouped_tokens, device=device)
+    )
     for step in range(steps):
         generated = step - start  # (B,) tokens generated so far; negative while reading the prefix
         mask = constraints(step if not prefixes.longest else generated.clamp(min=0).tolist(), rows)
         logprobs = prefixes.force(step, decoder.step(tokens) + mask)  # (B, V)
-        best, next_tokens = logprobs.max(dim=-1)
+        best, next_tokens = _greedy_choice(logprobs, grouped)
         writing = generated.ge(0) & ~done
         next_tokens = next_tokens.masked_fill(done, config.pad_token_id)
         scores += best.masked_fill(~writing, 0.0)

@@ -14,6 +14,7 @@ from typing import Literal
 from biomedgpt.config import check
 
 Arch = Literal["tiny", "small", "medium", "base", "large"]
+LocationInit = Literal["random", "sinusoidal"]
 Constraint = Literal["none", "text", "bins", "codes"]
 
 
@@ -39,6 +40,10 @@ class ModelConfig:
     """Most tokens the decoder reads or writes (its absolute position table)."""
     init_from: str | None = None
     """Weights to start from: a checkpoint folder written by biomedgpt; null for random initialization."""
+    location_init: LocationInit = "random"
+    """How a fresh model's `<bin_i>` embeddings start: random (as every other token), or sinusoidal (sinusoids of
+    the bin's value, so neighbouring locations start close; the output layer is tied, so a likely bin makes its
+    neighbours likely too). Ignored with init_from."""
 
     def __post_init__(self) -> None:
         check(

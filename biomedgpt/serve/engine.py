@@ -130,6 +130,7 @@ class Engine(abc.ABC):
         self.decoder_prefix: dict[str, str] = dict(serving.get("decoder_prefix") or {})
         self._tries: dict[str, AnswerTrie] = {}
         self._allowed_masks: dict[str, np.ndarray] = {}
+        self._grouped_masks: dict[str, np.ndarray | None] = {}
         layout = self.tokenizer.layout
         self.special_ids = SpecialIds(
             pad=layout.pad_id, bos=layout.bos_id, eos=layout.eos_id, decoder_start=layout.bos_id
@@ -285,6 +286,7 @@ class Engine(abc.ABC):
             no_repeat_ngram_size=self.defaults.no_repeat_ngram_size,
             allowed_tokens=self._allowed(task),
             trie=self._trie(task) if item.use_trie else None,
+            grouped_tokens=self._grouped(task),
             do_sample=sampling is not None,
             temperature=sampling.temperature if sampling else 1.0,
             top_p=sampling.top_p if sampling else 1.0,
@@ -347,6 +349,11 @@ class Engine(abc.ABC):
             output[task.output_kind] = output.get("text", "")
             output["score"] = math.exp(score) if item.num_beams == 1 else None
         return TaskResult(task=task.name, prompt=item.prompt, output=output, tokens=tokens, score=score)
+
+    def _grouped(self, task) -> np.ndarray | None:
+        if task.name not in self._grouped_masks:
+            self._grouped_masks[task.name] = task.grouped_token_mask(self.tokenizer.layout)
+        return self._grouped_masks[task.name]
 
     def _allowed(self, task) -> np.ndarray:
         if task.name not in self._allowed_masks:

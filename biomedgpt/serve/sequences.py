@@ -13,7 +13,8 @@ requests share one batch, and the rules live here once:
   conditions, and is neither scored, returned nor seen by the constraints;
 - beam search with a length penalty (score / generated length ** penalty, as transformers, whose `generate()`
   the PyTorch loop is tested against);
-- sampling with temperature, top-k and top-p (nucleus), reproducible from a seed.
+- sampling with temperature, top-k and top-p (nucleus), reproducible from a seed;
+- greedy choice over grouped tokens (`DecodeSpec.grouped_tokens`: all location bins weighed as one choice).
 No torch here.
 """
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from biomedgpt.model.constraints import Constraints
+from biomedgpt.model.constraints import Constraints, grouped_argmax
 
 if TYPE_CHECKING:
     from biomedgpt.model.decode_spec import DecodeSpec, SpecialIds
@@ -90,7 +91,7 @@ class GreedySequence(Sequence):
         self.score = 0.0
 
     def _choose(self, logprobs: np.ndarray) -> int:
-        return int(logprobs.argmax())
+        return grouped_argmax(logprobs, self.spec.grouped_tokens)
 
     def advance(self, logits: np.ndarray, lse: np.ndarray | None = None) -> None:
         forced = self._forced()

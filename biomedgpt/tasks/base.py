@@ -222,6 +222,17 @@ class Task(abc.ABC):
 
         return allowed_token_mask(layout, self.constraint)
 
+    def grouped_token_mask(self, layout: Any) -> np.ndarray | None:
+        """(vocab_size,) bool: tokens greedy decoding weighs as one choice (`DecodeSpec.grouped_tokens`), or None.
+        A task whose output is locations groups the bins: its first decision is "a location or the end", and
+        the model spreads a location's probability over 1,000 bins (`constraints.grouped_argmax`)."""
+        if self.constraint != "bins":
+            return None
+        first, last = layout.bin_range
+        grouped = np.zeros(layout.vocab_size, dtype=bool)
+        grouped[first : last + 1] = True
+        return grouped
+
     def transform_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Change the normalized (C, S, S) input pixels for this task (image infilling blanks the middle)."""
         return pixels
