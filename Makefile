@@ -25,7 +25,7 @@ test: bootstrap
 	$(BIN)/ruff check biomedgpt tests benchmarks
 	@bash scripts/install-chromium.sh
 	$(BIN)/python scripts/fetch_registry.py
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=20 $(PYTEST_ARGS)
 
 lint: bootstrap
 	$(BIN)/ruff check biomedgpt tests benchmarks

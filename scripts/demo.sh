@@ -85,7 +85,7 @@ else
     RESUME=train.resume=false
     rm -rf "$RUN"
     echo "== pretraining the demo model on every task of the corpus ($CONFIG: Ray Train on a local Ray cluster of"
-    echo "   2 CPU workers, DDP over gloo; about 13 minutes on 2 CPU cores)"
+    echo "   2 CPU workers, DDP over gloo; 700 steps, about 13 minutes on 2 CPU cores)"
   fi
   mkdir -p runs/logs
   $BIN/biomedgpt pretrain -c "$CONFIG" "$RESUME" 2>&1 | tee runs/logs/pretrain.log

@@ -104,15 +104,15 @@ def headline(task) -> str:
 
 def best_baseline(entry: dict[str, Any], metric: str) -> tuple[str, float | None]:
     """(name, figure) of the report's best trivial baseline on `metric`: closed-set tasks
-    `{"majority_answer": answer, <scores>}`, others `{<baseline name>: <scores>}`."""
+    `{"majority_answer": answer, <scores>}` (VQA adds `per_question_majority`), others `{<baseline name>: <scores>}`."""
     baseline = entry.get("baseline") or {}
-    if isinstance(baseline.get(metric), (int, float)):
-        return f"majority {baseline.get('majority_answer')!r}", float(baseline[metric])
     named = [
         (name, float(scores[metric]))
         for name, scores in baseline.items()
         if isinstance(scores, dict) and isinstance(scores.get(metric), (int, float))
     ]
+    if isinstance(baseline.get(metric), (int, float)):
+        named.append((f"majority {baseline.get('majority_answer')!r}", float(baseline[metric])))
     return max(named, key=lambda item: item[1]) if named else ("-", None)
 
 
@@ -191,6 +191,8 @@ def check_tasks(args, key: str, tasks: list[str], report: dict, manifest: dict) 
                 verdicts.append(f"differs from eval by more than {tol:.3f}")
             if base is not None and value <= base:
                 verdicts.append("at or below its baseline")
+            elif base is None and value <= 0.0:
+                verdicts.append("scores 0 (and has no baseline to beat)")
         failures += bool(verdicts)
         rows.append((name, n, metric, value, reported, tol, paraphrased, base, base_name, verdicts))
         for sample, (_, payload, _) in list(zip(samples, results))[:SHOWN_ANSWERS]:

@@ -60,10 +60,11 @@ def _score_lines(name: str, result: dict) -> list[tuple[str, str]]:
     for mode, scores in result.items():
         if mode == "baseline":
             nested = {k: v for k, v in scores.items() if isinstance(v, dict)}
+            if "majority_answer" in scores:  # closed-set tasks: the majority answer and its scores
+                flat = {k: v for k, v in scores.items() if k not in nested}
+                lines.append((f"baseline {scores.get('majority_answer')!r}"[:28], shown(flat)))
             for baseline, values in nested.items():
                 lines.append((f"baseline {baseline}", shown(values)))
-            if not nested:  # closed-set tasks: the majority answer and its scores
-                lines.append((f"baseline {scores.get('majority_answer')!r}"[:28], shown(scores)))
         elif isinstance(scores, dict):
             lines.append((mode, shown(scores)))
     return lines

@@ -3,6 +3,7 @@
     biomedgpt tokenizer build-text [--out DIR] [--cache DIR] [--no-progress]
     biomedgpt tokenizer info [--dir DIR] [--json]
     biomedgpt tokenizer train-image --shards DIR [--out DIR] [--steps N] [--image-size 128] [--codebook 8192] [--seed 0]
+                                    [--threads 2] [--precision bf16|fp32]
 
 Only `tokenizers` (a core dependency) is imported, and only inside `run`; transformers is never needed here.
 `train-image` imports torch (the `model` extra) inside its function.
@@ -47,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     image.add_argument("--codebook", type=int, default=8192, help="number of codes (default: 8192)")
     image.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     image.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    image.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        default="bf16",
+        help="training precision: bf16 autocast (fast on CPUs with AMX and on GPUs, slow where the CPU emulates"
+        " bfloat16) or fp32; evaluation always runs in fp32 (default: bf16)",
+    )
     image.add_argument("--no-progress", action="store_true", help="no progress bar, log lines only")
 
 
@@ -89,6 +97,7 @@ def _train_image(args: argparse.Namespace) -> int:
     command = (  # every option spelled out, so the recorded command reproduces the run
         f"biomedgpt tokenizer train-image --shards {args.shards}{out_option} --steps {args.steps}"
         f" --image-size {args.image_size} --codebook {args.codebook} --seed {args.seed} --threads {args.threads}"
+        f" --precision {args.precision}"
     )
     config = TrainImageVQConfig(
         shards=args.shards,
@@ -98,6 +107,7 @@ def _train_image(args: argparse.Namespace) -> int:
         codebook_size=args.codebook,
         seed=args.seed,
         threads=args.threads,
+        bf16=args.precision == "bf16",
         command=command,
     )
     result = train_image_vq(config, progress=not args.no_progress)

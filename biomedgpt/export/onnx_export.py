@@ -134,6 +134,8 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     patch_masks = torch.tensor([True, False])  # an image and a text-only sample
     encoder = EncoderGraph(model).eval()
     decoder = DecoderStepGraph(model).eval()
+    with torch.no_grad():  # fills the position tables' caches eagerly (`model.positions`): traced cold, their
+        encoder(input_ids, attention_mask, pixels, patch_masks)  # numpy conversion fails and export retries strict
     # SDPA's math kernel during tracing: its output strides are the ones the ONNX decomposition produces
     # (the default kernel's strides make a later view fail to decompose).
     with sdpa_kernel(SDPBackend.MATH):

@@ -4,11 +4,18 @@ As in OFA/BiomedGPT's VQA dataset, the question is normalized to end with exactl
 (`question + '?' if not question.endswith('?')`; here repeated marks and spaces before them are
 folded too). Answers are decoded closed-set, with a trie over the answers of the TRAIN split
 (BiomedGPT's `ans2label` trie); the sample's `answer_type` (closed/open) splits the accuracy.
+
+Two trivial baselines, fitted on the TRAIN split: the majority answer over all questions, and the majority answer
+of each question (a question never seen in training gets the overall one). The second is the bar a model must
+clear to show it looks at the image: "is there a lesion in this slice?" answered "no" without looking is often
+right.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from biomedgpt.data.schema import Sample
@@ -63,6 +70,34 @@ class VqaTask(Task):
 
     def answer_text(self, sample: Sample) -> str | None:
         return clean_text(sample.fields["answer"])
+
+    def fit_baseline(self, samples: Iterable[Sample]) -> dict[str, Any] | None:
+        """{"majority_answer": the TRAIN split's most frequent answer, "per_question": {question: its most
+        frequent answer}} (questions normalized as the prompt is)."""
+        train = list(self.train_samples(samples))
+        overall = super().fit_baseline(train)
+        if overall is None:
+            return None
+        by_question: dict[str, Counter] = defaultdict(Counter)
+        for sample in train:
+            by_question[normalize_question(sample.fields["question"])][self.answer_text(sample)] += 1
+        per_question = {q: counts.most_common(1)[0][0] for q, counts in by_question.items()}
+        return {"majority_answer": overall, "per_question": per_question}
+
+    def baseline_scores(
+        self, baseline: Any, samples: Sequence[Sample], references: list, options: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The overall majority answer's scores (`majority_answer` and its figures, as every closed-set task), and
+        `per_question_majority`: each question's TRAIN majority answer. A folder written before the per-question
+        baseline existed records the overall answer alone."""
+        if not isinstance(baseline, dict):
+            return super().baseline_scores(baseline, samples, references, options)
+        overall = baseline["majority_answer"]
+        scores = super().baseline_scores(overall, samples, references, options)
+        per_question = baseline.get("per_question") or {}
+        answers = [per_question.get(normalize_question(s.fields["question"]), overall) for s in samples]
+        scores["per_question_majority"] = self.score(answers, references, options)
+        return scores
 
     def build_target(
         self, sample: Sample, tokenizer: Any, *, image_size: int | None = None, max_tokens: int | None = None

@@ -178,13 +178,16 @@ def test_train_image_cli_on_tiny_shards(tmp_path: Path) -> None:
     write_dataset(synthetic_samples(60, seed=5), tmp_path / "shards", name="tiny", progress=False)
     out = tmp_path / "vq"
     argv = ["tokenizer", "train-image", "--shards", str(tmp_path / "shards"), "--out", str(out)]
-    assert main([*argv, "--steps", "3", "--codebook", "256", "--threads", "1", "--no-progress"]) == 0
+    # fp32: bf16 autocast is emulated (slow) on CPUs without AMX; --precision is recorded like every option
+    options = ["--steps", "3", "--codebook", "256", "--threads", "1", "--precision", "fp32", "--no-progress"]
+    assert main([*argv, *options]) == 0
     assert {"model.safetensors", "config.json", "metrics.json", "recon.png", "README.md"} <= {
         p.name for p in out.iterdir()
     }
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["held_out"]["tokens_per_image"] == 256 and metrics["held_out"]["num_images"] > 0
     assert "--steps 3" in metrics["command"] and "--codebook 256" in metrics["command"]
+    assert "--precision fp32" in metrics["command"] and metrics["training"]["bf16"] is False
     assert ImageTokenizer.from_pretrained(out).codebook_size == 256
 
 

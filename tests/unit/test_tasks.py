@@ -322,3 +322,32 @@ def test_task_metrics_are_keys_that_eval_reports():
         reported = task.score([reference], [reference], [options])
         assert set(task.metrics) <= set(reported), (name, task.metrics, sorted(reported))
         assert bool(task.metrics) == bool(reported), (name, sorted(reported))
+
+
+def test_vqa_baselines_overall_and_per_question_majority():
+    """The overall majority answer, and each question's own TRAIN majority (the bar of a model that looks)."""
+    from biomedgpt.tasks import get_task
+
+    def qa(key: str, split: str, question: str, answer: str) -> Sample:
+        fields = {"question": question, "answer": answer, "answer_type": "closed"}
+        return Sample(key=key, task="vqa", split=split, image=np.zeros((8, 8), np.uint8), fields=fields)
+
+    train = [qa(f"a{i}", "train", "is there a lesion?", "no") for i in range(3)]
+    train += [qa(f"b{i}", "train", "what modality is this", "ct") for i in range(2)]
+    train += [qa("c", "train", "what modality is this?", "mri"), qa("d", "val", "is there a lesion?", "yes")]
+    task = get_task("vqa")
+    baseline = task.fit_baseline(train)
+    assert baseline == {
+        "majority_answer": "no",
+        "per_question": {"is there a lesion?": "no", "what modality is this?": "ct"},
+    }
+    test = [qa("t1", "test", "what modality is this?", "ct"), qa("t2", "test", "is there a lesion ??", "yes"),
+            qa("t3", "test", "which side?", "no")]  # fmt: skip
+    refs, opts = (list(c) for c in zip(*(task.reference(s) for s in test)))
+    scores = task.baseline_scores(baseline, test, refs, opts)
+    assert scores["majority_answer"] == "no" and scores["accuracy"] == pytest.approx(1 / 3)  # only t3
+    # ct for t1 (right), no for t2 (wrong), the overall "no" for the unseen t3 (right)
+    assert scores["per_question_majority"]["accuracy"] == pytest.approx(2 / 3)
+    assert task.baseline_scores("no", test, refs, opts).keys() == {"majority_answer", *scores} - {
+        "per_question_majority"
+    }
