@@ -147,29 +147,9 @@ def _write_groups(items) -> None:
 
 
 # tryfirst: xdist's own hook renames items of `xdist_group` marks (on an older pytest): the map uses plain ids.
-# The longest units (`make test` prints the slowest tests), started first: xdist hands out units in collection
-# order, so a long one collected last runs alone at the end while the other worker idles.
-LONGEST_FIRST = (
-    "tests/integration/test_ray_train.py",
-    "tests/unit/test_tokenizer_rebuild.py",
-    "tests/integration/test_export_onnx.py",
-    "tests/integration/test_ofa_import_chain.py",
-    "tests/integration/test_model_loading.py",
-)
-
-
-def _longest_first(items) -> None:
-    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
-    items.sort(
-        key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank))
-    )  # stable: the rest keep order
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """Starts the longest units first and writes the xdist unit map (above) on workers; `gpu` tests skip where
-    CUDA is missing, saying so."""
-    _longest_first(items)
+    """Writes the xdist unit map (above) on workers; `gpu` tests skip where CUDA is missing, saying so."""
     if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(GROUPS_ENV):
         _write_groups(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
