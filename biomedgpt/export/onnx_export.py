@@ -134,8 +134,10 @@ def export_graphs(model, directory: Path, *, opset: int = OPSET) -> None:
     patch_masks = torch.tensor([True, False])  # an image and a text-only sample
     encoder = EncoderGraph(model).eval()
     decoder = DecoderStepGraph(model).eval()
-    with torch.no_grad():  # fills the position tables' caches eagerly (`model.positions`): traced cold, their
-        encoder(input_ids, attention_mask, pixels, patch_masks)  # numpy conversion fails and export retries strict
+    # One eager pass fills the position tables' caches (`model.positions`): traced cold, their numpy conversion
+    # fails and torch.export retries in strict mode, which costs more than the whole non-strict trace.
+    with torch.no_grad():
+        encoder(input_ids, attention_mask, pixels, patch_masks)
     # SDPA's math kernel during tracing: its output strides are the ones the ONNX decomposition produces
     # (the default kernel's strides make a later view fail to decompose).
     with sdpa_kernel(SDPBackend.MATH):
