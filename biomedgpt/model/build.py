@@ -55,8 +55,8 @@ def build_model(cfg: RunConfig, processor):
 
 def init_location_embeddings(model, layout) -> None:
     """Set the shared embedding's `<bin_0>`..`<bin_N-1>` rows to sinusoids of the bin's index, at the scale of the
-    random rows (std `init_std`). Frequencies run from one radian per bin to about one radian over the whole range, so
-    neighbouring bins start close and far ones apart; the output layer is tied to these rows, so from the first
+    random rows (std `init_std`). Frequencies run from one radian per bin to about one radian over the whole
+    range, so neighbouring bins start close and far ones apart; the output layer is tied to these rows, so from the first
     step a gradient towards one location also moves its neighbours. Random rows make 1,000 unrelated classes of a
     coordinate, which a small model on a small corpus does not learn to place."""
     import torch

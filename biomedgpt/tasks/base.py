@@ -228,9 +228,10 @@ class Task(abc.ABC):
         the model spreads a location's probability over 1,000 bins (`constraints.grouped_argmax`)."""
         if self.constraint != "bins":
             return None
-        first, last = layout.bin_range
-        grouped = np.zeros(layout.vocab_size, dtype=bool)
-        grouped[first : last + 1] = True
+        from biomedgpt.tokenization.ranges import allowed_token_mask
+
+        grouped = allowed_token_mask(layout, "bins")
+        grouped[layout.eos_id] = False  # the end is the choice the bins are weighed against
         return grouped
 
     def transform_pixels(self, pixels: np.ndarray) -> np.ndarray:

@@ -24,9 +24,13 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "patch_images", "patch_masks", "c
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over target tokens (labels != -100), in fp32 whatever the autocast dtype."""
+    """Mean cross-entropy over target tokens (labels != -100), in fp32 whatever the autocast dtype. `logits`
+    (B, L, V) with `labels` (B, L), or only the labelled positions' (N, V) with (N,)."""
     return F.cross_entropy(
-        logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -49,8 +53,9 @@ class BiomedGPTModule(pl.LightningModule):
         self.ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema_decay else None
         self._ema_swapped = False
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """(B, L, V) logits of the targets, teacher-forced: the decoder reads the labels shifted right.
+    def forward(self, batch: dict, logits_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, V) logits of the targets, teacher-forced: the decoder reads the labels shifted right; with
+        `logits_mask` (B, L) bool, only those positions' logits, (N, V).
 
         The model is called without `labels`, so it computes no loss of its own: the step computes the loss once,
         with its label smoothing (`step_loss`)."""
@@ -59,23 +64,15 @@ class BiomedGPTModule(pl.LightningModule):
         decoder_input_ids = shift_tokens_right(
             batch["labels"], config.pad_token_id, config.decoder_start_token_id
         )
-        return self.model(**inputs, decoder_input_ids=decoder_input_ids).logits
+        return self.model(**inputs, decoder_input_ids=decoder_input_ids, logits_mask=logits_mask).logits
 
     def step_loss(self, batch: dict) -> torch.Tensor:
         """The training loss of a batch: label-smoothed token cross-entropy, computed once, on the labelled
         positions only (the logits of padding are never computed: in a batch that mixes one-word answers with
         masks of a hundred tokens, they are most of the vocabulary projection's work)."""
-        labels = batch["labels"]
-        labelled = labels.ne(-100)
-        inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
-        config = self.model.config
-        decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-        logits = self.model(
-            **inputs, decoder_input_ids=decoder_input_ids, logits_mask=labelled
-        ).logits  # (N, V)
-        return F.cross_entropy(
-            logits.float(), labels[labelled], label_smoothing=self.train_cfg.label_smoothing
-        )
+        labelled = batch["labels"].ne(-100)
+        logits = self(batch, logits_mask=labelled)  # (N, V)
+        return token_loss(logits, batch["labels"][labelled], label_smoothing=self.train_cfg.label_smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.step_loss(batch)
