@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="held-out shards for the int8 gate (default: the run's val shards)",
     )
     parser.add_argument("--gate-max-samples", type=int, default=64, help="samples per task in the int8 gate")
+    parser.add_argument(
+        "--exporter",
+        choices=("torchscript", "dynamo"),
+        default="torchscript",
+        help="torch.onnx.export's exporter: torchscript (default, fast) or dynamo (torch.export)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
@@ -43,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
         int8=args.int8,
         gate_shards=args.gate_shards,
         gate_max_samples=args.gate_max_samples,
+        exporter=args.exporter,
         overwrite=args.overwrite,
     )
-    print(f"exporting {args.checkpoint} -> {args.out} (torch.onnx.export, dynamo=True) ...", file=sys.stderr)
+    print(
+        f"exporting {args.checkpoint} -> {args.out} (torch.onnx.export, {args.exporter} exporter) ...",
+        file=sys.stderr,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter; real failures raise

@@ -46,9 +46,10 @@ def stem_nodes(graph) -> tuple[list[str], list[str]]:
     """The ResNet stem of an encoder graph (an `onnx.GraphProto`): the names of the nodes computed from
     `patch_images` alone by `STEM_OPS` (in graph order), and the stem's outputs: its tensors whose values other
     nodes or the graph's outputs read (the feature map the transformer encoder embeds)."""
-    constants = {t.name for t in graph.initializer} | {
-        o for node in graph.node if node.op_type == "Constant" for o in node.output
-    }
+    constants = {t.name for t in graph.initializer}
+    for node in graph.node:  # the TorchScript exporter shares equal weights through Identity nodes
+        if node.op_type == "Constant" or (node.op_type == "Identity" and node.input[0] in constants):
+            constants.update(node.output)
     inside = {"patch_images"}
     names: list[str] = []
     for node in graph.node:  # ONNX graphs are topologically sorted
