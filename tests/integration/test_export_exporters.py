@@ -60,7 +60,9 @@ def test_dynamo_and_torchscript_graphs_agree_on_new_shapes(exported_model_dir, s
     names = past_names(config.decoder_layers)
     for i in range(config.decoder_layers):
         for j in range(2):
-            decoder_feeds[names[4 * i + j]] = rng.standard_normal((batch, heads, past, head_dim)).astype(np.float32)
+            decoder_feeds[names[4 * i + j]] = rng.standard_normal((batch, heads, past, head_dim)).astype(
+                np.float32
+            )
         decoder_feeds[names[4 * i + 2]] = enc[f"present.{i}.encoder.key"]
         decoder_feeds[names[4 * i + 3]] = enc[f"present.{i}.encoder.value"]
     decoded = {
