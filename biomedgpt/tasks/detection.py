@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from biomedgpt.data.schema import Sample
 from biomedgpt.tasks.base import Task, encode_text, layout_of, strip_output
 from biomedgpt.tasks.grounding import box_ids, ids_to_box, image_wh
@@ -43,6 +45,13 @@ class DetectionTask(Task):
     served = True
     title = "Detection"
     output_kind = "objects"
+
+    def allowed_token_mask(self, layout: Any) -> np.ndarray:
+        """Bins, text and `</s>`: each box is followed by its label's words (the bins alone would leave every
+        label empty, and no box could match its class)."""
+        from biomedgpt.tokenization.ranges import allowed_token_mask
+
+        return allowed_token_mask(layout, "bins") | allowed_token_mask(layout, "text")
 
     def reference(self, sample: Sample) -> tuple[Any, dict[str, Any]]:
         return [{"box": b["box"], "label": b["label"]} for b in sample.fields["boxes"]], {}

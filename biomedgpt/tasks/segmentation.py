@@ -7,9 +7,11 @@ sample's `target` field ("lesion", "left lung", ...).
 How a mask becomes tokens is the job of `biomedgpt.tasks.segmentation_codec` (polygons of `<bin>`
 tokens; docs/segmentation.md says why), a separate module imported lazily through this interface:
 
-    encode_mask(mask: np.ndarray, *, image_size: int, layout: VocabLayout) -> list[int]
+    encode_mask(mask: np.ndarray, *, image_size: int, layout: VocabLayout, budget: int | None = None) -> list[int]
         (H, W) bool/0-1 mask at the ORIGINAL image size -> token ids (bins and/or codes), WITHOUT `</s>`;
-        `image_size` is the model's square input side.
+        `image_size` is the model's square input side; `budget` caps the length (coarser polygons, then the
+        largest parts that fit: a training run's `data.max_target_tokens` keeps the big nuclei of a crowded tile
+        rather than skipping the tile).
     decode_mask(ids: list[int], *, image_size: int, layout: VocabLayout,
                 out_shape: tuple[int, int]) -> np.ndarray
         token ids (no `<s>`/`</s>`/pads) -> (H, W) bool mask of `out_shape` = (height, width).
@@ -146,12 +148,18 @@ class SegmentationTask(Task):
         if sample.mask is None:
             raise ValueError(f"segmentation sample {sample.key!r} has no mask")
         layout = layout_of(tokenizer)
-        codec = load_codec()
-        ids = [*(int(t) for t in codec.encode_mask(sample.mask, image_size=image_size, layout=layout))]
-        ids.append(layout.eos_id)
-        if max_tokens is not None and len(ids) > max_tokens:
-            raise TargetTooLongError(f"the mask takes {len(ids)} tokens; max_tokens is {max_tokens}")
-        return ids
+        budget = None if max_tokens is None else max_tokens - 1  # room for </s>
+        ids = [
+            int(t)
+            for t in load_codec().encode_mask(
+                sample.mask, image_size=image_size, layout=layout, budget=budget
+            )
+        ]
+        if not ids and np.any(sample.mask):  # not even the largest part fits: an empty target would be wrong
+            raise TargetTooLongError(
+                f"no part of the mask fits in {max_tokens} tokens; raise data.max_target_tokens"
+            )
+        return [*ids, layout.eos_id]
 
     def postprocess(
         self, ids: Any, tokenizer: Any, *, image_size: int, orig_size: tuple[int, int] | None = None

@@ -239,16 +239,20 @@ def _serialize(polygons: list[np.ndarray], layout: VocabLayout) -> list[int]:
     return ids
 
 
-def encode_mask(mask: np.ndarray, *, image_size: int, layout: VocabLayout) -> list[int]:
+def encode_mask(
+    mask: np.ndarray, *, image_size: int, layout: VocabLayout, budget: int | None = None
+) -> list[int]:
     """(H, W) bool or 0/1 mask -> token ids of its polygons (eos not included; [] for an empty mask).
 
     `image_size` is the side of the square the model sees: the simplification tolerance and the token
-    budget (`max_tokens`) are set in its pixels, whatever the mask's own resolution.
+    budget (`max_tokens`) are set in its pixels, whatever the mask's own resolution. `budget` lowers the
+    budget (a training run's target length): coarser polygons, then the largest components that fit; [] when
+    not even the largest fits.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape[0] < 1 or mask.shape[1] < 1:
         raise ValueError(f"a mask must be 2-D (H, W) and non-empty, got shape {mask.shape}")
-    budget = max_tokens(image_size)
+    budget = max_tokens(image_size) if budget is None else min(budget, max_tokens(image_size))
     traced = mask_to_polygons(mask != 0)
     # tolerance in mask pixels: one model pixel spans shape / image_size mask pixels; below one mask
     # pixel the tracing would only copy the staircase of an upsampled mask

@@ -38,6 +38,11 @@ def tokenizer():
     return BiomedGPTTokenizer.load_default()
 
 
+@pytest.fixture(scope="module")
+def synthetic() -> list[Sample]:
+    return list(synthetic_samples(200, image_size=64))
+
+
 def first_sample(task: str, *, split: str | None = None, image_size: int = 64) -> Sample:
     for sample in synthetic_samples(400, image_size=image_size):
         if sample.task == task and (split is None or sample.split == split):
@@ -247,6 +252,20 @@ def test_constraint_masks(tokenizer):
     assert seg[layout.mask_id] and seg[layout.eos_id] and seg[layout.bin_range[1]]
 
 
+@pytest.mark.parametrize("name", [n for n in sorted(TASKS) if n not in ("image_infilling",)])
+def test_decoding_may_emit_every_token_a_target_holds(tokenizer, synthetic, name):
+    """What a task trains on, its constrained decoding can write: a target token outside the task's allowed mask
+    could never be generated (detection's labels were, under a bins-only mask). Image infilling needs the image
+    tokenizer (its own test)."""
+    pytest.importorskip("biomedgpt.tasks.segmentation_codec")
+    task = get_task(name)
+    allowed = task.allowed_token_mask(tokenizer.layout)
+    targets = [task.build_target(s, tokenizer, image_size=64) for s in synthetic if s.task == name][:20]
+    assert targets
+    for ids in targets:
+        assert all(allowed[t] for t in ids), [tokenizer.decode([t]) for t in ids if not allowed[t]]
+
+
 def test_segmentation_round_trip_through_the_codec(tokenizer):
     pytest.importorskip("biomedgpt.tasks.segmentation_codec")
     sample = first_sample("segmentation")
@@ -261,6 +280,29 @@ def test_segmentation_round_trip_through_the_codec(tokenizer):
     assert mask.shape == (height, width) and mask.dtype == bool
     dice = 2 * (mask & sample.mask).sum() / (mask.sum() + sample.mask.sum())
     assert dice > 0.8
+
+
+def test_a_crowded_mask_keeps_its_largest_parts_within_the_target_budget(tokenizer):
+    """A tile of many nuclei is longer than a training run's `max_target_tokens`: the target keeps the largest
+    ones that fit (the tile is not skipped); only when not even the largest fits is the sample too long."""
+    pytest.importorskip("biomedgpt.tasks.segmentation_codec")
+    mask = np.zeros((64, 64), dtype=bool)
+    for i in range(4):  # 16 blobs, growing down the rows: the biggest are the last
+        for j in range(4):
+            side = 3 + i * 2 + j
+            mask[4 + 15 * i : 4 + 15 * i + side, 2 + 15 * j : 2 + 15 * j + side] = True
+    sample = Sample(key="crowd", task="segmentation", split="train", image=mask.astype(np.uint8) * 255,
+                    mask=mask, fields={"target": "nuclei"})  # fmt: skip
+    task = get_task("segmentation")
+    whole = task.build_target(sample, tokenizer, image_size=64)
+    assert len(whole) > 40
+    fitted = task.build_target(sample, tokenizer, image_size=64, max_tokens=40)
+    assert len(fitted) <= 40 and fitted[-1] == tokenizer.layout.eos_id
+    kept = task.postprocess(fitted, tokenizer, image_size=64, orig_size=(64, 64))["mask"]
+    assert 0 < kept.sum() < mask.sum() and (kept & mask).sum() >= 0.8 * kept.sum()
+    assert kept[49:, :].sum() > kept[:15, :].sum()  # the largest blobs (bottom row) are the ones kept
+    with pytest.raises(TargetTooLongError, match="no part of the mask fits"):
+        task.build_target(sample, tokenizer, image_size=64, max_tokens=4)
 
 
 def test_missing_component_raises_task_unavailable(monkeypatch):
