@@ -264,6 +264,25 @@ def ray_session(cfg: RunConfig, run_dir: Path) -> Iterator[None]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+"""Environment of the local instance's processes: one machine has no node that a cloud can reclaim, so Ray Train's
+preemption watcher (one more actor process, polling every 5 s) has nothing to watch."""
+
+
+def prestart_autoscaling_coordinator() -> None:
+    """Start Ray's autoscaling coordinator actor now, without waiting for it. Ray Train's controller asks it for
+    resources first thing and gives up after 5 s; started cold on a busy 2-core machine it missed that twice (a
+    warning with a traceback each time, and 10 s lost). Started beside the controller, it is up in time. A Ray
+    without this internal module goes on as before."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
+
+
 LOCAL_RAY_STARTS = 3
 """Tries to start the local Ray instance: Ray gives its raylet a fixed 30 s to register with the GCS, which a busy
 2-core machine can miss."""
@@ -281,8 +300,9 @@ def start_local_ray(cfg: RunConfig, temp_dir: Path) -> None:
                 num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
                 include_dashboard=False,
                 _temp_dir=str(temp_dir),
-                runtime_env={"worker_process_setup_hook": quiet_ray_workers},
+                runtime_env={"worker_process_setup_hook": quiet_ray_workers, "env_vars": LOCAL_RAY_ENV},
             )
+            prestart_autoscaling_coordinator()
             return
         except Exception as err:  # Ray raises a bare Exception for this
             if "timed out during startup" not in str(err) or attempt == LOCAL_RAY_STARTS:

@@ -30,7 +30,7 @@ MAX_STEPS, CKPT_EVERY, KILL_STEP = 6, 2, 3
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    code = cli.main(["shard", "--synthetic", "200", "--out", str(out), "--image-size", "64", "--no-progress"])
+    code = cli.main(["shard", "--synthetic", "80", "--out", str(out), "--image-size", "64", "--no-progress"])
     assert code == 0
     return out
 
