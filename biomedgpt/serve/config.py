@@ -98,8 +98,11 @@ class ServeConfig:
     response); then it is closed (408 if it had sent part of them)."""
     body_timeout_s: float = 30.0
     """Time a request has to send its whole body once its headers are in; then it answers 408 and is closed."""
-    keep_alive_timeout_s: float = 5.0
-    """An idle keep-alive connection is closed after this long without a new request."""
+    keep_alive_timeout_s: float = 8.0
+    """An idle keep-alive connection is closed after this long without a new request. Longer than the 5 s after
+    which httpx (and the openai client on it) drops an idle pooled connection: at equal timeouts the server can
+    close a connection just as the client reuses it, and the client reads "Server disconnected without sending a
+    response"."""
     max_prompt_tokens: int = 256
     """Prompt tokens (with <s> and </s>); longer prompts answer 422."""
     max_new_tokens: int = 1024
