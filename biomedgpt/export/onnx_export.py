@@ -203,29 +203,21 @@ def _export(
     import torch
 
     if exporter == "torchscript":
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            dynamo=False,
-            input_names=list(axes),
-            output_names=output_names,
-            dynamic_axes=axes,
-            opset_version=opset,
-            training=torch.onnx.TrainingMode.EVAL,  # batch norms folded into the convolutions, as torch.export does
-        )
-        return
+        options = {
+            "dynamic_axes": axes,
+            "training": torch.onnx.TrainingMode.EVAL,  # batch norms folded into the convolutions, as torch.export does
+        }
+    else:
+        options = {"dynamic_shapes": _dynamic_shapes(axes, config), "external_data": False, "verbose": False}
     torch.onnx.export(
         module,
         args,
         str(path),
-        dynamo=True,
+        dynamo=exporter == "dynamo",
         input_names=list(axes),
         output_names=output_names,
-        dynamic_shapes=_dynamic_shapes(axes, config),
         opset_version=opset,
-        external_data=False,
-        verbose=False,
+        **options,
     )
 
 
