@@ -18,6 +18,8 @@ import warnings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from biomedgpt.export.onnx_export import EXPORTERS  # light: torch is imported inside its functions
+
     parser.add_argument(
         "--checkpoint", required=True, help="a checkpoint folder, or a run folder (its latest checkpoint)"
     )
@@ -32,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gate-max-samples", type=int, default=64, help="samples per task in the int8 gate")
     parser.add_argument(
         "--exporter",
-        choices=("torchscript", "dynamo"),
-        default="torchscript",
+        choices=EXPORTERS,
+        default=EXPORTERS[0],
         help="torch.onnx.export's exporter: torchscript (default, fast) or dynamo (torch.export)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
