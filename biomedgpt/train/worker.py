@@ -35,6 +35,7 @@ class WorkerHooks:
     resume_from: Path | None = None  # a checkpoint folder restored by the launcher (Ray after a failure)
     rank: int = 0
     world_size: int = 1
+    progress_bar: bool = True  # Lightning's progress bar (Ray workers print step lines)
 
 
 class BatchStream:
@@ -156,7 +157,7 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
         enable_checkpointing=False,  # our SelfDescribingCheckpoint writes the checkpoints
         use_distributed_sampler=False,  # the webdataset pipeline splits by node and worker itself
         default_root_dir=run_dir,
-        enable_progress_bar=True,
+        enable_progress_bar=hooks.progress_bar,
     )
     if hooks.prepare_trainer is not None:
         trainer = hooks.prepare_trainer(trainer)

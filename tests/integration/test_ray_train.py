@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -159,6 +160,26 @@ def test_relative_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
     assert fixed.data.shards == [f"{tmp_path}/d/x-{{000000..000001}}.tar", "s3://bucket/y.tar"]
     assert fixed.train.output_dir == f"{tmp_path}/runs/a"
     assert fixed.dist.storage is None and fixed.model.init_from is None
+
+
+def test_every_ray_process_unpickles_the_setup_hook_without_torch():
+    """Ray unpickles the local instance's setup hook in each process it starts (controller, bookkeeping actors,
+    workers); it once pulled PyTorch Lightning and torch into all of them, about 8 s of CPU each."""
+    ray = pytest.importorskip("ray")
+    from biomedgpt.train.ray_launch import LOCAL_RUNTIME_ENV
+
+    blob = ray.cloudpickle.dumps(LOCAL_RUNTIME_ENV["worker_process_setup_hook"])
+    code = (
+        "import pickle, sys\n"
+        "hook = pickle.loads(sys.stdin.buffer.read())\n"
+        "hook()\n"
+        "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning_fabric', 'biomedgpt.train.ray_launch')"
+        " if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=blob, capture_output=True, check=True, cwd=REPO
+    )
+    assert result.stdout.decode().strip() == "[]"
 
 
 def test_worker_errors_surface_per_rank():
