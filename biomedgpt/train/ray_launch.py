@@ -262,9 +262,13 @@ def ray_session(cfg: RunConfig, run_dir: Path) -> Iterator[None]:
 LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 """Environment of the local instance's processes: one machine has no node that a cloud can reclaim, so Ray Train's
 preemption watcher (one more actor process, polling every 5 s) has nothing to watch."""
-LOCAL_RUNTIME_ENV = {"worker_process_setup_hook": quiet_ray_workers, "env_vars": LOCAL_RAY_ENV}
-"""The local instance's job runtime env. Ray unpickles the setup hook in each of its processes: it lives in
-`ray_setup`, which imports nothing heavy."""
+
+
+def local_runtime_env() -> dict:
+    """The local instance's job runtime env, a new dict at each call: `ray.init` replaces the hook in the dict it
+    is given by the key it exported it under. Ray unpickles the setup hook in each of its processes: it lives in
+    `ray_setup`, which imports nothing heavy."""
+    return {"worker_process_setup_hook": quiet_ray_workers, "env_vars": dict(LOCAL_RAY_ENV)}
 
 
 def prestart_autoscaling_coordinator() -> None:
@@ -298,7 +302,7 @@ def start_local_ray(cfg: RunConfig, temp_dir: Path) -> None:
                 num_cpus=cfg.dist.num_workers * cfg.dist.cpus_per_worker,
                 include_dashboard=False,
                 _temp_dir=str(temp_dir),
-                runtime_env=LOCAL_RUNTIME_ENV,
+                runtime_env=local_runtime_env(),
             )
             prestart_autoscaling_coordinator()
             return

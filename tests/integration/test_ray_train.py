@@ -166,9 +166,11 @@ def test_every_ray_process_unpickles_the_setup_hook_without_torch():
     """Ray unpickles the local instance's setup hook in each process it starts (controller, bookkeeping actors,
     workers); it once pulled PyTorch Lightning and torch into all of them, about 8 s of CPU each."""
     ray = pytest.importorskip("ray")
-    from biomedgpt.train.ray_launch import LOCAL_RUNTIME_ENV
+    from biomedgpt.train.ray_launch import local_runtime_env
 
-    blob = ray.cloudpickle.dumps(LOCAL_RUNTIME_ENV["worker_process_setup_hook"])
+    hook = local_runtime_env()["worker_process_setup_hook"]
+    assert callable(hook)
+    blob = ray.cloudpickle.dumps(hook)
     code = (
         "import pickle, sys\n"
         "hook = pickle.loads(sys.stdin.buffer.read())\n"
