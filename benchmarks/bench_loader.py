@@ -43,8 +43,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from biomedgpt.data.collate import Collator
 from biomedgpt.data.config import DataConfig
-from biomedgpt.data.pipeline import Formatter, SkipCounter, build_loader
+from biomedgpt.data.pipeline import Formatter, build_loader
 from biomedgpt.data.schema import RESERVED_KEYS, Sample
+from biomedgpt.data.skips import SkipCounter
 
 IMAGE_TASKS = ("caption", "report", "vqa", "classification", "grounding", "detection")
 GOAL_PER_CORE = 300.0

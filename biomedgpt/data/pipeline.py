@@ -10,15 +10,15 @@ Per DataLoader worker and epoch, `StreamingDataset.__iter__` builds these webdat
                           else a single process); wds' own default raises under multi-node
     -> wds.split_by_worker
     -> wds.tarfile_to_samples(handler=...)   unreadable members, missing files and truncated tars are
-                          logged, counted in `SkipCounter` and skipped: the epoch always finishes
+                          logged, counted in `SkipCounter` (`skips.py`) and skipped: the epoch always finishes
     -> json + task filter -> wds.shuffle buffer, seeded by (seed, epoch, rank, worker, task)
     -> decode             `biomedgpt.data.schema.decode_sample`; failures logged, counted, skipped
     -> weighted mix       of the per-task streams (below)
     -> format             image -> normalized pixels at `image_size`; prompt from the task's templates;
                           target ids ending with </s>
     -> with_epoch(n)      `epoch_samples` per worker when set
-    -> wds.batched        `collate` (biomedgpt.data.collate): right-padded prompt and target ids, labels = -100 on padding,
-                          patch_masks False for text-only samples, code_masks for image-code targets
+    -> wds.batched        `collate` (biomedgpt.data.collate): right-padded prompt and target ids, labels = -100
+                          on padding, patch_masks False for text-only samples, code_masks for image-code targets
 
 Resampled mode (multi-node): each (rank, worker, task) draws shards with replacement from an rng
 seeded by (seed, epoch, rank, worker, task) instead of shuffling and splitting, and `epoch_samples`
@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,21 +54,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from biomedgpt.data.collate import Collator, resize_square, to_uint8
 from biomedgpt.data.config import DataConfig
 from biomedgpt.data.schema import Sample, decode_sample
+from biomedgpt.data.skips import SkipCounter, SkipHandler
 from biomedgpt.tasks import TargetTooLongError, TaskUnavailableError, get_task
 from biomedgpt.tasks.base import layout_of
 
 log = logging.getLogger(__name__)
 
-SKIP_KINDS = ("tar", "sample", "format", "too_long", "unavailable")
-"""tar: unreadable member or truncated/missing tar; sample: a group that does not decode; format: a
-sample the task cannot format; too_long: a structured target over max_target_tokens; unavailable:
-the task's component (image VQ, mask codec) is not installed."""
 PROMPT_MODES = ("train", "fixed", "eval")
-_COUNTER_ROWS = 65  # row 0: the main process; rows 1..64: DataLoader workers (id % 64)
-# Per kind and process, every skip is logged at WARNING up to this many, then every 1000th; a missing
-# component makes every sample of its task fail the same way, so that kind is said once.
-_LOG_FIRST = {"unavailable": 1}
-_LOG_FIRST_DEFAULT = 20
 
 
 def _seed(*parts: object) -> int:
@@ -81,65 +72,6 @@ def _seed(*parts: object) -> int:
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-class SkipCounter:
-    """Skipped items per kind, summed over the main process and its DataLoader workers.
-
-    Lives in shared memory (one row per process, so no lock is needed): counts made in worker
-    processes show up in the main process. A copy pickled outside process start-up (deepcopy, Ray)
-    gets its own counts.
-    """
-
-    def __init__(self) -> None:
-        self._counts = multiprocessing.RawArray("q", _COUNTER_ROWS * len(SKIP_KINDS))
-        self._logged: dict[str, int] = {}
-
-    def add(self, kind: str, message: str) -> None:
-        """Count one skip of `kind` and log it (the first ones of each kind, then every 1000th)."""
-        index = SKIP_KINDS.index(kind)
-        info = get_worker_info()
-        row = 0 if info is None else 1 + info.id % (_COUNTER_ROWS - 1)
-        self._counts[row * len(SKIP_KINDS) + index] += 1
-        seen = self._logged[kind] = self._logged.get(kind, 0) + 1
-        if seen <= _LOG_FIRST.get(kind, _LOG_FIRST_DEFAULT) or seen % 1000 == 0:
-            log.warning("skipped (%s, #%d in this process): %s", kind, seen, message)
-
-    def counts(self) -> dict[str, int]:
-        """{kind: count} over every process, all kinds listed."""
-        width = len(SKIP_KINDS)
-        values = list(self._counts)
-        return {
-            kind: sum(values[r * width + i] for r in range(_COUNTER_ROWS))
-            for i, kind in enumerate(SKIP_KINDS)
-        }
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts().values())
-
-    def __getstate__(self) -> dict[str, Any]:
-        if multiprocessing.context.get_spawning_popen() is not None:
-            return {"counts": self._counts}  # starting a worker: share the memory
-        return {"snapshot": list(self._counts)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._logged = {}
-        if "counts" in state:
-            self._counts = state["counts"]
-        else:
-            self._counts = multiprocessing.RawArray("q", state["snapshot"])
-
-
-class SkipHandler:
-    """A webdataset exception handler: log, count as `kind`, continue."""
-
-    def __init__(self, counter: SkipCounter, kind: str) -> None:
-        self.counter, self.kind = counter, kind
-
-    def __call__(self, exn: BaseException) -> bool:
-        self.counter.add(self.kind, f"{type(exn).__name__}: {exn}")
-        return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,9 +522,7 @@ def build_loader(
 
 __all__ = [
     "PROMPT_MODES",
-    "SKIP_KINDS",
     "Formatter",
-    "SkipCounter",
     "StreamingDataset",
     "StreamingLoader",
     "build_dataset",

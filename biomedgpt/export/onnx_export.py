@@ -113,10 +113,10 @@ def export_checkpoint(
 
 
 EXPORTERS = ("torchscript", "dynamo")
-"""`torch.onnx.export`'s two exporters, the default first. Both give graphs that pass the same parity check; "torchscript" (the
-default) traces the tiny model in about 2.5 s of one core where torch.export takes about 44 s (16x; measured
-on the 2-core AMD EPYC, both graphs). The TorchScript exporter is deprecated since torch 2.9; "dynamo" stays
-here, tested against it, for the torch that drops it."""
+"""`torch.onnx.export`'s two exporters, the default first. Both give graphs that pass the same parity check;
+"torchscript" (the default) traces the tiny model in about 2.5 s of one core where torch.export takes about 44 s
+(16x; measured on the 2-core AMD EPYC, both graphs). The TorchScript exporter is deprecated since torch 2.9;
+"dynamo" stays here, tested against it, for the torch that drops it."""
 
 
 def export_graphs(model, directory: Path, *, opset: int = OPSET, exporter: str = "torchscript") -> None:

@@ -46,8 +46,9 @@ def test_jitter_changes_intensity_but_stays_uint8():
 
 
 def test_formatter_gives_each_repeat_of_a_sample_a_new_view_and_eval_none():
-    from biomedgpt.data.pipeline import Formatter, SkipCounter
+    from biomedgpt.data.pipeline import Formatter
     from biomedgpt.data.schema import Sample
+    from biomedgpt.data.skips import SkipCounter
     from biomedgpt.tokenization.unified import BiomedGPTTokenizer
 
     tokenizer = BiomedGPTTokenizer.load_default()

@@ -15,14 +15,9 @@ import pytest
 
 from biomedgpt.data.collate import image_to_pixels, normalize_into
 from biomedgpt.data.config import DataConfig
-from biomedgpt.data.pipeline import (
-    SkipCounter,
-    build_dataset,
-    build_loader,
-    resolve_rank,
-    weighted_mix,
-)
+from biomedgpt.data.pipeline import build_dataset, build_loader, resolve_rank, weighted_mix
 from biomedgpt.data.shards import write_dataset
+from biomedgpt.data.skips import SkipCounter
 from biomedgpt.ingest.synthetic import synthetic_samples
 from biomedgpt.tasks import TaskUnavailableError, UnknownTaskError, get_task
 from biomedgpt.tokenization.locations import bins_to_box
@@ -219,7 +214,7 @@ def test_corrupt_members_and_truncated_tars_are_logged_counted_and_skipped(
     shards = [str(p) for p in (*good, tmp_path / "c-truncated.tar", tmp_path / "d-garbage.tar")]
     shards.append(str(tmp_path / "e-missing.tar"))
     cfg = config(corpus, shards=shards)
-    caplog.set_level(logging.WARNING, logger="biomedgpt.data.pipeline")
+    caplog.set_level(logging.WARNING, logger="biomedgpt.data.skips")  # the skips are logged there
     loader = build_loader(
         cfg, split="train", tokenizer=tokenizer, image_size=IMAGE_SIZE, training=True, num_workers=workers
     )
