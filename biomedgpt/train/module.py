@@ -60,6 +60,11 @@ class BiomedGPTModule(pl.LightningModule):
         The model is called without `labels`, so it computes no loss of its own: the step computes the loss once,
         with its label smoothing (`step_loss`)."""
         inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
+        if "patch_images" in inputs:
+            # NHWC input takes oneDNN's channels-last convolutions in the ResNet stem, forward and backward: a demo
+            # step (tiny, 64 px, batch 16, one core) 0.61 -> 0.55 s. The weights stay as they are (DDP buckets,
+            # EMA and safetensors see ordinary tensors).
+            inputs["patch_images"] = inputs["patch_images"].contiguous(memory_format=torch.channels_last)
         config = self.model.config
         decoder_input_ids = shift_tokens_right(
             batch["labels"], config.pad_token_id, config.decoder_start_token_id
