@@ -156,9 +156,7 @@ class SegmentationTask(Task):
             )
         ]
         if not ids and np.any(sample.mask):  # not even the largest part fits: an empty target would be wrong
-            raise TargetTooLongError(
-                f"no part of the mask fits in {max_tokens} tokens; raise data.max_target_tokens"
-            )
+            raise TargetTooLongError(f"no part of the mask fits in {max_tokens} tokens")
         return [*ids, layout.eos_id]
 
     def postprocess(

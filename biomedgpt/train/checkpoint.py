@@ -19,8 +19,6 @@ reads any checkpoint folder alone; the trainer state is only read to resume, wit
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from biomedgpt.hashing import sha256_file
-
-LATEST = "latest"
-TRAINER_STATE = Path("trainer_state") / "lightning.ckpt"
+from biomedgpt.train.run_folders import TRAINER_STATE, clean_partials, publish
 
 
 def _versions() -> dict[str, str]:
@@ -57,39 +53,6 @@ def write_manifest(folder: Path, *, step: int, extra: dict | None = None) -> Non
         **(extra or {}),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def publish(partial: Path, final: Path) -> None:
-    """Rename a complete `.partial` folder to its final name, then point `latest` at it (both atomic)."""
-    if final.exists():  # a re-run that reached the same step: the new folder replaces it
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(partial, final)
-    pointer = final.parent / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, final.parent / LATEST)
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint folder under `root` (a run's checkpoints/ folder), or None."""
-    root = Path(root)
-    pointer = root / LATEST
-    if pointer.is_file():
-        candidate = root / pointer.read_text().strip()
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    complete = sorted(p for p in root.glob("step-*") if (p / "manifest.json").is_file())
-    return complete[-1] if complete else None
-
-
-def clean_partials(root: Path) -> None:
-    """Remove what a writer killed mid-way leaves: folders that never got a final name, a replaced folder not yet
-    deleted (`publish`), a `latest` pointer not yet renamed."""
-    for path in [*root.glob(".step-*.partial*"), *root.glob(".step-*.old-*")]:
-        shutil.rmtree(path, ignore_errors=True)
-    for path in root.glob(f".{LATEST}.tmp-*"):
-        path.unlink(missing_ok=True)
 
 
 class SelfDescribingCheckpoint(pl.Callback):

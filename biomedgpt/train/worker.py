@@ -90,29 +90,35 @@ def build_loaders(cfg: RunConfig, processor, *, rank: int, world_size: int):
 
 def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | None:
     """Train on this worker; returns the newest checkpoint folder (on every rank)."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from biomedgpt.config import dump_yaml
-    from biomedgpt.model.build import build_model, build_processor, check_init_from
-    from biomedgpt.train.artifacts import run_artifacts
-    from biomedgpt.train.callbacks import CurvesPlot, TorchRngState
-    from biomedgpt.train.checkpoint import TRAINER_STATE, SelfDescribingCheckpoint, latest_checkpoint
-    from biomedgpt.train.module import BiomedGPTModule
+    from biomedgpt.model.build import check_init_from
+    from biomedgpt.train.run_folders import TRAINER_STATE, latest_checkpoint
 
     hooks = hooks or WorkerHooks()
     run_dir = Path(cfg.train.output_dir)
     ckpt_root = run_dir / "checkpoints"
-    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    # The folders a run starts from are checked before PyTorch Lightning loads (about 8 s of CPU): a wrong
+    # model.init_from or a changed checkpoint fails in a second, not after the imports.
     if cfg.model.init_from:
         check_init_from(Path(cfg.model.init_from))
-    processor = build_processor(cfg)
-    module = BiomedGPTModule(build_model(cfg, processor), cfg.train)
     resume = hooks.resume_from or (latest_checkpoint(ckpt_root) if cfg.train.resume else None)
     if cfg.train.resume and resume is None:
         log.warning("train.resume=true but %s holds no complete checkpoint: starting from scratch", ckpt_root)
     if resume is not None:
         check_resume(resume)
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from biomedgpt.config import dump_yaml
+    from biomedgpt.model.build import build_model, build_processor
+    from biomedgpt.train.artifacts import run_artifacts
+    from biomedgpt.train.callbacks import CurvesPlot, TorchRngState
+    from biomedgpt.train.checkpoint import SelfDescribingCheckpoint
+    from biomedgpt.train.module import BiomedGPTModule
+
+    pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    processor = build_processor(cfg)
+    module = BiomedGPTModule(build_model(cfg, processor), cfg.train)
     # serving.json, answers.json, baselines.json: from the TRAIN shards, once (rank 0 writes the checkpoints).
     artifacts = run_artifacts(cfg, resume=resume) if hooks.rank == 0 else None
     train_loader, val_loader = build_loaders(cfg, processor, rank=hooks.rank, world_size=hooks.world_size)
@@ -196,7 +202,7 @@ def check_resume(folder: Path) -> None:
     """The trainer state and manifest of a checkpoint to resume from: present and matching the manifest's sha256
     (a changed state is refused before it is unpickled, even with the weights-only loader)."""
     from biomedgpt.hashing import verify_files
-    from biomedgpt.train.checkpoint import TRAINER_STATE
+    from biomedgpt.train.run_folders import TRAINER_STATE
 
     hint = f"remove {folder} to resume from an earlier checkpoint, or set train.resume=false"
     if not (folder / TRAINER_STATE).is_file():

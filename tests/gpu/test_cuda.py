@@ -75,7 +75,7 @@ def test_finetune_bf16_mixed_on_cuda(tmp_path):
     from biomedgpt import cli
     from biomedgpt.model import load_pretrained
     from biomedgpt.train.callbacks import read_metrics_csv
-    from biomedgpt.train.checkpoint import latest_checkpoint
+    from biomedgpt.train.run_folders import latest_checkpoint
 
     shards, run = tmp_path / "shards", tmp_path / "run"
     shard = ["shard", "--synthetic", "40", "--out", str(shards), "--image-size", "64", "--no-progress"]

@@ -145,7 +145,7 @@ def sha256(path: Path) -> str:
 
 def test_kill_while_writing_a_checkpoint_leaves_latest_complete(tmp_path, shards):
     from biomedgpt.model import load_pretrained
-    from biomedgpt.train.checkpoint import latest_checkpoint
+    from biomedgpt.train.run_folders import latest_checkpoint
 
     run_dir, root = tmp_path / "run", tmp_path / "run" / "checkpoints"
     argv = [
@@ -191,7 +191,7 @@ def test_kill_while_writing_a_checkpoint_leaves_latest_complete(tmp_path, shards
 
 
 def test_clean_partials_removes_only_what_killed_writers_leave(tmp_path):
-    from biomedgpt.train.checkpoint import clean_partials, latest_checkpoint
+    from biomedgpt.train.run_folders import clean_partials, latest_checkpoint
 
     complete = tmp_path / "step-00000002"
     complete.mkdir()
