@@ -35,6 +35,10 @@ class DataConfig:
     augment: bool = False
     """Training images get mild random crops (tasks without positions in their targets) and intensity jitter
     (`biomedgpt/data/augment.py`); never flips. Validation and evaluation images are never augmented."""
+    served_prompt_share: float | None = None
+    """Training: the share of samples prompted with their task's served prompt (the one `biomedgpt serve` and eval
+    use), the rest with one of its other training paraphrases; null: every training template alike (the served
+    prompt one time in seven for most tasks)."""
     resampled: bool = False
     """Draw shards with replacement, endlessly (multi-node training); pair it with epoch_samples."""
     epoch_samples: int | None = None
@@ -59,6 +63,11 @@ class DataConfig:
             ("shuffle_buffer", self.shuffle_buffer, 0),
         ):
             check(value >= low, name, f"must be >= {low}, got {value}")
+        check(
+            self.served_prompt_share is None or 0.0 <= self.served_prompt_share <= 1.0,
+            "served_prompt_share",
+            f"must be in [0, 1] or null, got {self.served_prompt_share}",
+        )
         check(
             self.epoch_samples is None or self.epoch_samples >= 1,
             "epoch_samples",

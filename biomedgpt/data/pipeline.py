@@ -241,6 +241,7 @@ class Formatter:
         seed: int,
         counter: SkipCounter,
         augment: bool = False,
+        served_prompt_share: float | None = None,
     ) -> None:
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {PROMPT_MODES}, got {prompt_mode!r}")
@@ -248,6 +249,7 @@ class Formatter:
         self.max_prompt_tokens, self.max_target_tokens = max_prompt_tokens, max_target_tokens
         self.prompt_mode, self.training, self.seed, self.counter = prompt_mode, training, seed, counter
         self.augment = augment and training
+        self.served_prompt_share = served_prompt_share
         self._views: dict[str, int] = {}  # how often each sample was augmented: a new view every time
 
     def __call__(self, samples: Iterable[Sample], *, epoch: int = 0) -> Iterator[dict[str, Any]]:
@@ -264,7 +266,9 @@ class Formatter:
     def format(self, sample: Sample, *, epoch: int = 0) -> dict[str, Any]:
         task = get_task(sample.task)
         rng = random.Random(f"{self.seed}/{epoch if self.training else 'eval'}/{sample.key}")
-        template = task.choose_template(self.prompt_mode, rng=rng, key=sample.key)
+        template = task.choose_template(
+            self.prompt_mode, rng=rng, key=sample.key, served_share=self.served_prompt_share
+        )
         eos = layout_of(self.tokenizer).eos_id
         input_ids = self.tokenizer.encode_prompt(task.build_prompt(sample, template=template, rng=rng))
         if len(input_ids) > self.max_prompt_tokens:  # keep <s> ... </s>; cut the text
@@ -463,6 +467,7 @@ def build_dataset(
         seed=cfg.seed,
         counter=counter,
         augment=cfg.augment,
+        served_prompt_share=cfg.served_prompt_share,
     )
     collator = Collator(pad_token_id=layout_of(tokenizer).pad_id, image_size=image_size) if batched else None
     return StreamingDataset(

@@ -192,13 +192,20 @@ class Task(abc.ABC):
             **self.prompt_fields(sample, rng=rng)
         )
 
-    def choose_template(self, mode: str, *, rng: random.Random | None = None, key: str = "") -> str:
-        """ "fixed": the task's prompt; "train": a random training paraphrase; "eval": a held-out
-        paraphrase picked by a stable hash of `key` (the same one for a sample on every run)."""
+    def choose_template(
+        self, mode: str, *, rng: random.Random | None = None, key: str = "", served_share: float | None = None
+    ) -> str:
+        """ "fixed": the task's prompt; "train": a random training paraphrase (with `served_share`, the prompt
+        itself that often, another paraphrase otherwise); "eval": a held-out paraphrase picked by a stable hash
+        of `key` (the same one for a sample on every run)."""
         if mode == "fixed":
             return self.prompt
         if mode == "train":
-            return (rng or random).choice(self.train_templates)
+            rng = rng or random
+            others = self.train_templates[1:]
+            if served_share is None:
+                return rng.choice(self.train_templates)
+            return self.prompt if not others or rng.random() < served_share else rng.choice(others)
         if mode == "eval":
             return self.eval_templates[_stable_hash(key) % len(self.eval_templates)]
         raise ValueError(f"unknown prompt mode {mode!r}; expected 'fixed', 'train' or 'eval'")

@@ -109,6 +109,20 @@ def test_choose_template_modes_are_seeded_and_stable():
         task.choose_template("random")
 
 
+def test_served_prompt_share_sets_how_often_training_sees_the_served_prompt():
+    task = get_task("segmentation")
+    draws = [task.choose_template("train", rng=random.Random(i), served_share=0.5) for i in range(2000)]
+    share = draws.count(task.prompt) / len(draws)
+    assert 0.45 < share < 0.55  # uniform over the 7 templates would give 1 in 7
+    assert set(draws) == set(task.train_templates)  # the other paraphrases still come
+    assert {task.choose_template("train", rng=random.Random(i), served_share=1.0) for i in range(50)} == {
+        task.prompt
+    }
+    assert task.prompt not in {
+        task.choose_template("train", rng=random.Random(i), served_share=0.0) for i in range(200)
+    }
+
+
 # --- prompts ---------------------------------------------------------------------------------------
 
 
