@@ -3,7 +3,8 @@
 #   1. build the demo corpus from real registry data (once), check the model chain;
 #   2. pretrain the demo model multitask on every task the corpus holds (configs/pretrain/demo.yaml), through the
 #      Ray Train launcher on a local Ray cluster of 2 CPU workers; a finished run is reused (its last checkpoint
-#      reached train.max_steps and records its tasks, prompts and answers), an unfinished one is resumed;
+#      reached train.max_steps and records its tasks, prompts and answers), an unfinished one is resumed, one
+#      trained with another recipe (its recorded run_config.yaml) is moved to runs/demo-pretrain.previous;
 #   3. evaluate it on the held-out test split (fixed prompts, unseen paraphrases, trivial baselines);
 #   4. export it to ONNX with int8 gated on the same test samples (reused when exports/demo was made from this
 #      checkpoint and is newer than it);
@@ -53,21 +54,53 @@ echo "== model chain: build, generate in every decoding mode, save, reload"
 $BIN/biomedgpt quickstart -c configs/quickstart.yaml
 
 # The state of the run: "done" (its last checkpoint reached train.max_steps and records the tasks, prompts and
-# answers it was trained with), "partial" (such a checkpoint, earlier: resumed), or "none" (trained from scratch;
-# also a run whose checkpoints predate the recorded prompts and answers).
+# answers it was trained with), "partial" (such a checkpoint, earlier: resumed), "changed" (trained with another
+# recipe than $CONFIG: what differs goes to stderr), or "none" (trained from scratch; also a run whose
+# checkpoints predate the recorded prompts and answers).
 run_state() {
   $BIN/python - "$CONFIG" "$RUN" <<'PY'
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
 from biomedgpt.config import load_config
 from biomedgpt.run_config import RunConfig
 cfg, run = load_config(RunConfig, [sys.argv[1]]), Path(sys.argv[2]) / "checkpoints"
 latest = run / "latest"
 folder = run / latest.read_text().strip() if latest.is_file() else None
+
+
+PATHS = {"data.shards", "data.val_shards", "model.init_from", "train.output_dir", "dist.storage"}
+
+
+def absolute(value):  # the Ray launcher records these paths absolute
+    if isinstance(value, list):
+        return [absolute(v) for v in value]
+    if not value or "://" in value or value.startswith(("pipe:", "file:")):
+        return value
+    return str(Path(value).expanduser().absolute())
+
+
+def flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: absolute(tree) if prefix[:-1] in PATHS else tree}
+    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+
+def recipe_changes(recorded_yaml):
+    """Keys whose value differs between the run's recorded config and the recipe (train.resume aside)."""
+    recorded = flat(dataclasses.asdict(load_config(RunConfig, [recorded_yaml])))
+    wanted = flat(dataclasses.asdict(cfg))
+    return [f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(recorded) | set(wanted))
+            if k != "train.resume" and recorded.get(k) != wanted.get(k)]
+
+
 if folder is None or not (folder / "answers.json").is_file() or not (folder / "serving.json").is_file():
     print("none")
 elif "prompts" not in json.loads((folder / "serving.json").read_text()):
     print("none")
+elif (folder / "run_config.yaml").is_file() and (changes := recipe_changes(folder / "run_config.yaml")):
+    print("changed")
+    print(f"== {run.parent} was trained with another recipe than {sys.argv[1]}:", file=sys.stderr)
+    print("\n".join(f"   {c}" for c in changes), file=sys.stderr)
 else:
     step = json.loads((folder / "manifest.json").read_text()).get("step", 0)
     print("done" if step >= cfg.train.max_steps else "partial")
@@ -83,9 +116,13 @@ else
     echo "== resuming the multitask pretraining in $RUN from its last checkpoint (Ray Train, 2 CPU workers)"
   else
     RESUME=train.resume=false
+    if [ "$STATE" = "changed" ]; then  # kept, not deleted: it is the previous recipe's model
+      rm -rf "$RUN.previous" && mv "$RUN" "$RUN.previous"
+      echo "== moved it to $RUN.previous (the previous recipe's model); training this one"
+    fi
     rm -rf "$RUN"
     echo "== pretraining the demo model on every task of the corpus ($CONFIG: Ray Train on a local Ray cluster of"
-    echo "   2 CPU workers, DDP over gloo; 700 steps, about 13 minutes on 2 CPU cores)"
+    echo "   2 CPU workers, DDP over gloo; 700 steps, about 12 minutes on 2 CPU cores)"
   fi
   mkdir -p runs/logs
   $BIN/biomedgpt pretrain -c "$CONFIG" "$RESUME" 2>&1 | tee runs/logs/pretrain.log
