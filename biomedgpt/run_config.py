@@ -13,7 +13,9 @@ Light on purpose: importing it never imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from biomedgpt.config import check
 from biomedgpt.data.config import DataConfig
@@ -59,3 +61,23 @@ class RunConfig:
             f"must be <= model.max_target_positions ({self.model.max_target_positions}), "
             f"got {self.generation.max_new_tokens}",
         )
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its local paths made absolute (URLs, `pipe:` and `file:` sources kept as they are): what the Ray
+    launcher gives its workers, each in a working directory of its own, and so what a Ray run records."""
+
+    def absolute(path: str) -> str:
+        if "://" in path or path.startswith(("pipe:", "file:")):
+            return path
+        return str(Path(path).expanduser().absolute())
+
+    data = dataclasses.replace(
+        cfg.data,
+        shards=[absolute(p) for p in cfg.data.shards],
+        val_shards=[absolute(p) for p in cfg.data.val_shards],
+    )
+    model = dataclasses.replace(cfg.model, init_from=cfg.model.init_from and absolute(cfg.model.init_from))
+    train = dataclasses.replace(cfg.train, output_dir=absolute(cfg.train.output_dir))
+    dist = dataclasses.replace(cfg.dist, storage=cfg.dist.storage and absolute(cfg.dist.storage))
+    return dataclasses.replace(cfg, data=data, model=model, train=train, dist=dist)

@@ -59,36 +59,26 @@ $BIN/biomedgpt quickstart -c configs/quickstart.yaml
 # checkpoints predate the recorded prompts and answers).
 run_state() {
   $BIN/python - "$CONFIG" "$RUN" <<'PY'
-import dataclasses, json, sys
+import json, sys
 from pathlib import Path
-from biomedgpt.config import load_config
-from biomedgpt.run_config import RunConfig
+from biomedgpt.config import load_config, to_dict
+from biomedgpt.run_config import RunConfig, absolute_paths
 cfg, run = load_config(RunConfig, [sys.argv[1]]), Path(sys.argv[2]) / "checkpoints"
 latest = run / "latest"
 folder = run / latest.read_text().strip() if latest.is_file() else None
 
 
-PATHS = {"data.shards", "data.val_shards", "model.init_from", "train.output_dir", "dist.storage"}
-
-
-def absolute(value):  # the Ray launcher records these paths absolute
-    if isinstance(value, list):
-        return [absolute(v) for v in value]
-    if not value or "://" in value or value.startswith(("pipe:", "file:")):
-        return value
-    return str(Path(value).expanduser().absolute())
-
-
 def flat(tree, prefix=""):
     if not isinstance(tree, dict):
-        return {prefix[:-1]: absolute(tree) if prefix[:-1] in PATHS else tree}
+        return {prefix[:-1]: tree}
     return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
 
 def recipe_changes(recorded_yaml):
-    """Keys whose value differs between the run's recorded config and the recipe (train.resume aside)."""
-    recorded = flat(dataclasses.asdict(load_config(RunConfig, [recorded_yaml])))
-    wanted = flat(dataclasses.asdict(cfg))
+    """Keys whose value differs between the run's recorded config and the recipe (train.resume aside); paths
+    compared absolute, as the Ray launcher records them."""
+    recorded = flat(to_dict(absolute_paths(load_config(RunConfig, [recorded_yaml]))))
+    wanted = flat(to_dict(absolute_paths(cfg)))
     return [f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(recorded) | set(wanted))
             if k != "train.resume" and recorded.get(k) != wanted.get(k)]
 

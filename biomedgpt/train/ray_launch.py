@@ -16,7 +16,6 @@ sockets), and shut down at the end; a Ray instance that is already initialized i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from biomedgpt.config import from_dict, to_dict
-from biomedgpt.run_config import RunConfig
+from biomedgpt.run_config import RunConfig, absolute_paths
 from biomedgpt.train.ray_setup import quiet_ray_workers
 
 log = logging.getLogger(__name__)
@@ -204,25 +203,6 @@ def launch_ray(cfg: RunConfig, *, extra_callbacks: Callable[[], list] | None = N
         except ray.train.TrainingFailedError as err:
             raise RayTrainingError(failure_message(err, cfg, f"{storage}/{name}")) from err
     return _final_checkpoint(result.checkpoint, run_dir)
-
-
-def absolute_paths(cfg: RunConfig) -> RunConfig:
-    """`cfg` with its local paths made absolute (URLs, `pipe:` and `file:` sources kept as they are)."""
-
-    def absolute(path: str) -> str:
-        if "://" in path or path.startswith(("pipe:", "file:")):
-            return path
-        return str(Path(path).expanduser().absolute())
-
-    data = dataclasses.replace(
-        cfg.data,
-        shards=[absolute(p) for p in cfg.data.shards],
-        val_shards=[absolute(p) for p in cfg.data.val_shards],
-    )
-    model = dataclasses.replace(cfg.model, init_from=cfg.model.init_from and absolute(cfg.model.init_from))
-    train = dataclasses.replace(cfg.train, output_dir=absolute(cfg.train.output_dir))
-    dist = dataclasses.replace(cfg.dist, storage=cfg.dist.storage and absolute(cfg.dist.storage))
-    return dataclasses.replace(cfg, data=data, model=model, train=train, dist=dist)
 
 
 def ray_temp_dir(run_dir: Path) -> tuple[Path, bool]:

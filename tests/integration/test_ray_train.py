@@ -148,7 +148,7 @@ def test_short_run_folders_keep_ray_files_inside(tmp_path):
 
 
 def test_relative_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
-    from biomedgpt.train.ray_launch import absolute_paths
+    from biomedgpt.run_config import absolute_paths
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(
