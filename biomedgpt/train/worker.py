@@ -90,7 +90,7 @@ def build_loaders(cfg: RunConfig, processor, *, rank: int, world_size: int):
 
 def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | None:
     """Train on this worker; returns the newest checkpoint folder (on every rank)."""
-    from biomedgpt.model.build import check_init_from
+    from biomedgpt.model.build import build_model, build_processor, check_init_from  # no torch at import
     from biomedgpt.train.run_folders import TRAINER_STATE, latest_checkpoint
 
     hooks = hooks or WorkerHooks()
@@ -110,7 +110,6 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from biomedgpt.config import dump_yaml
-    from biomedgpt.model.build import build_model, build_processor
     from biomedgpt.train.artifacts import run_artifacts
     from biomedgpt.train.callbacks import CurvesPlot, TorchRngState
     from biomedgpt.train.checkpoint import SelfDescribingCheckpoint
