@@ -36,6 +36,10 @@ class TrainConfig:
     """Clip the global gradient norm to this; 0 turns clipping off."""
     label_smoothing: float = 0.1
     """Label smoothing of the token cross-entropy; in [0, 1)."""
+    location_sigma: float = 0.0
+    """Where the target is a `<bin>` token, spread its probability over the neighbouring bins as a Gaussian of this
+    standard deviation, in pixels of the model's input (0: the bin alone, as any other token). A box corner one
+    pixel off then costs less than one across the image, so locations learn from the distance they are off."""
     precision: Precision = "32"
     """Lightning precision: 32 (fp32, CPU), bf16-mixed (GPU default), 16-mixed (fp16 with loss scaling)."""
     accumulate: int = 1
@@ -74,6 +78,11 @@ class TrainConfig:
             0.0 <= self.label_smoothing < 1.0,
             "label_smoothing",
             f"must be in [0, 1), got {self.label_smoothing}",
+        )
+        check(
+            math.isfinite(self.location_sigma) and self.location_sigma >= 0,
+            "location_sigma",
+            f"must be a finite number >= 0 (0: off), got {self.location_sigma}",
         )
         check(self.accumulate >= 1, "accumulate", f"must be >= 1, got {self.accumulate}")
         check(

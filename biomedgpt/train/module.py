@@ -1,4 +1,5 @@
-"""The LightningModule: BiomedGPT + label-smoothed cross-entropy on target tokens, AdamW, warmup/decay, EMA.
+"""The LightningModule: BiomedGPT + label-smoothed cross-entropy on target tokens (Gaussian over neighbouring
+bins where the target is a location, with `train.location_sigma`), AdamW, warmup/decay, EMA.
 
 The loss is computed once per step, here: the model is called with decoder inputs and no labels (it would
 otherwise compute an unsmoothed full-vocabulary loss of its own).
@@ -34,6 +35,30 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: f
     )
 
 
+def location_aware_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    label_smoothing: float,
+    bins: tuple[int, int],
+    sigma: float,
+) -> torch.Tensor:
+    """`token_loss` of (N, V) logits against (N,) labels, except that where the label is a location token
+    (`bins` = the first and last `<bin>` ids) the target is a Gaussian over the bins of standard deviation `sigma`
+    (in bins) around it, not the bin alone. The label smoothing's uniform share is kept for every token: with no
+    location label, this equals `token_loss`."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    first, last = bins
+    is_bin = labels.ge(first) & labels.le(last)
+    if bool(is_bin.any()):
+        grid = torch.arange(last - first + 1, device=labels.device, dtype=torch.float32)
+        centre = (labels[is_bin] - first).float()[:, None]
+        weights = torch.softmax(-0.5 * ((grid[None, :] - centre) / sigma) ** 2, dim=-1)  # each row sums to 1
+        nll = nll.masked_scatter(is_bin, -(weights * logp[is_bin, first : last + 1]).sum(dim=-1))
+    return ((1.0 - label_smoothing) * nll - label_smoothing * logp.mean(dim=-1)).mean()
+
+
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B, L) cross-entropy of each target token in fp32, 0 where labels are -100."""
     return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
@@ -46,8 +71,14 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class BiomedGPTModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, train_cfg: TrainConfig) -> None:
+    def __init__(
+        self, model: torch.nn.Module, train_cfg: TrainConfig, *, location_bins: tuple[int, int] | None = None
+    ) -> None:
+        """`location_bins`: the first and last `<bin>` ids of the vocabulary, for `train.location_sigma`."""
         super().__init__()
+        if train_cfg.location_sigma > 0 and location_bins is None:
+            raise ValueError("train.location_sigma needs the vocabulary's <bin> ids (location_bins)")
+        self.location_bins = location_bins
         # The ResNet stem's weights and inputs channels-last take oneDNN's NHWC convolutions, forward and backward:
         # a demo step (tiny, 64 px, batch 16, one core) 0.61 -> 0.53 s. Set before DDP wraps the model, so its
         # gradient buckets take the same strides; safetensors and EMA read the values whatever the layout.
@@ -77,7 +108,15 @@ class BiomedGPTModule(pl.LightningModule):
         masks of a hundred tokens, they are most of the vocabulary projection's work)."""
         labelled = batch["labels"].ne(-100)
         logits = self(batch, logits_mask=labelled)  # (N, V)
-        return token_loss(logits, batch["labels"][labelled], label_smoothing=self.train_cfg.label_smoothing)
+        labels, smoothing = batch["labels"][labelled], self.train_cfg.label_smoothing
+        if self.train_cfg.location_sigma > 0 and self.location_bins is not None:
+            first, last = self.location_bins
+            # sigma in input pixels -> bins (bin = coord / size * (num_bins - 1))
+            sigma = self.train_cfg.location_sigma * (last - first) / self.model.config.image_size
+            return location_aware_loss(
+                logits, labels, label_smoothing=smoothing, bins=self.location_bins, sigma=sigma
+            )
+        return token_loss(logits, labels, label_smoothing=smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.step_loss(batch)

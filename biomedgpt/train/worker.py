@@ -117,7 +117,9 @@ def train_worker(cfg: RunConfig, hooks: WorkerHooks | None = None) -> Path | Non
 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     processor = build_processor(cfg)
-    module = BiomedGPTModule(build_model(cfg, processor), cfg.train)
+    module = BiomedGPTModule(
+        build_model(cfg, processor), cfg.train, location_bins=processor.tokenizer.layout.bin_range
+    )
     # serving.json, answers.json, baselines.json: from the TRAIN shards, once (rank 0 writes the checkpoints).
     artifacts = run_artifacts(cfg, resume=resume) if hooks.rank == 0 else None
     train_loader, val_loader = build_loaders(cfg, processor, rank=hooks.rank, world_size=hooks.world_size)

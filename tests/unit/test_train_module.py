@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from biomedgpt.train.config import TrainConfig
-from biomedgpt.train.module import BiomedGPTModule, per_sample_loss, token_loss, token_losses
+from biomedgpt.train.module import (
+    BiomedGPTModule,
+    location_aware_loss,
+    per_sample_loss,
+    token_loss,
+    token_losses,
+)
 from tests.conftest import lively_model
 
 
@@ -66,3 +72,51 @@ def test_the_validation_losses_come_from_one_per_token_cross_entropy():
     torch.testing.assert_close(
         per_sample_loss(logits, labels)[0], F.cross_entropy(logits[0, :4], labels[0, :4])
     )
+
+
+def test_the_location_aware_loss_spreads_a_bin_target_over_its_neighbours_only():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 120, generator=g)
+    bins = (20, 119)  # 100 location tokens
+    text = torch.tensor([3, 7, 11, 2, 5])
+    # no location label: exactly the label-smoothed cross-entropy
+    torch.testing.assert_close(
+        location_aware_loss(logits, text, label_smoothing=0.1, bins=bins, sigma=4.0),
+        token_loss(logits, text, label_smoothing=0.1),
+    )
+    # a vanishing sigma is the bin alone
+    mixed = torch.tensor([3, 60, 11, 20, 119])
+    torch.testing.assert_close(
+        location_aware_loss(logits, mixed, label_smoothing=0.1, bins=bins, sigma=1e-3),
+        token_loss(logits, mixed, label_smoothing=0.1),
+    )
+    # with a real sigma, a prediction one bin off costs less than one far off; a text target costs the same
+    near = torch.full((1, 120), -10.0)
+    near[0, 61] = 10.0
+    far = torch.full((1, 120), -10.0)
+    far[0, 100] = 10.0
+    target = torch.tensor([60])
+
+    def loss(x):
+        return location_aware_loss(x, target, label_smoothing=0.0, bins=bins, sigma=3.0)
+
+    assert loss(near) < loss(far) - 1
+    assert torch.isclose(token_loss(near, target), token_loss(far, target))
+
+
+def test_the_training_step_uses_the_location_aware_loss_when_asked():
+    model = lively_model("tiny", dropout=0.0).eval()
+    batch = _batch()
+    first = 250
+    batch["labels"][1, :3] = torch.tensor([250, 260, 299])  # locations
+    plain = BiomedGPTModule(model, TrainConfig(label_smoothing=0.1)).step_loss(batch)
+    aware = BiomedGPTModule(
+        model, TrainConfig(label_smoothing=0.1, location_sigma=1.0), location_bins=(first, 299)
+    ).step_loss(batch)
+    assert torch.isfinite(aware) and not torch.isclose(plain, aware)
+    try:
+        BiomedGPTModule(model, TrainConfig(location_sigma=1.0))
+    except ValueError as err:
+        assert "location_bins" in str(err)
+    else:
+        raise AssertionError("location_sigma without the bin ids must be refused")
