@@ -109,7 +109,7 @@ class BiomedGPTModule(pl.LightningModule):
         labelled = batch["labels"].ne(-100)
         logits = self(batch, logits_mask=labelled)  # (N, V)
         labels, smoothing = batch["labels"][labelled], self.train_cfg.label_smoothing
-        if self.train_cfg.location_sigma > 0 and self.location_bins is not None:
+        if self.location_bins is not None and self.train_cfg.location_sigma > 0:
             first, last = self.location_bins
             # sigma in input pixels -> bins (bin = coord / size * (num_bins - 1))
             sigma = self.train_cfg.location_sigma * (last - first) / self.model.config.image_size

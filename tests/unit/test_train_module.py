@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -106,17 +107,20 @@ def test_the_location_aware_loss_spreads_a_bin_target_over_its_neighbours_only()
 
 def test_the_training_step_uses_the_location_aware_loss_when_asked():
     model = lively_model("tiny", dropout=0.0).eval()
-    batch = _batch()
-    first = 250
-    batch["labels"][1, :3] = torch.tensor([250, 260, 299])  # locations
-    plain = BiomedGPTModule(model, TrainConfig(label_smoothing=0.1)).step_loss(batch)
-    aware = BiomedGPTModule(
-        model, TrainConfig(label_smoothing=0.1, location_sigma=1.0), location_bins=(first, 299)
-    ).step_loss(batch)
+    bins = (250, 299)
+    batch = _batch(vocab=250)  # no label is a location yet
+
+    def losses(batch):
+        plain = BiomedGPTModule(model, TrainConfig(label_smoothing=0.1)).step_loss(batch)
+        aware = BiomedGPTModule(
+            model, TrainConfig(label_smoothing=0.1, location_sigma=1.0), location_bins=bins
+        ).step_loss(batch)
+        return plain, aware
+
+    plain, aware = losses(batch)
+    torch.testing.assert_close(plain, aware)
+    batch["labels"][1, :3] = torch.tensor([250, 260, 299])  # three locations
+    plain, aware = losses(batch)
     assert torch.isfinite(aware) and not torch.isclose(plain, aware)
-    try:
+    with pytest.raises(ValueError, match="location_bins"):
         BiomedGPTModule(model, TrainConfig(location_sigma=1.0))
-    except ValueError as err:
-        assert "location_bins" in str(err)
-    else:
-        raise AssertionError("location_sigma without the bin ids must be refused")
