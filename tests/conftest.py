@@ -79,9 +79,8 @@ def registry_cache() -> Path:
 # servers included, are built once), tests with an `xdist_group` mark form that group's unit, and the tests that
 # need a costly shared build form one unit per build: the worker that builds it goes on with them, and the other
 # worker never waits idle on the build's lock. Workers know each test's fixtures, the controller only node ids:
-# the workers write the map (node id -> unit, and the `slow` tests, whose units go first) to $GROUPS_ENV during
-# collection, and the controller's scheduler reads it. (pytest-xdist's own loadgroup renames `item._nodeid`,
-# which pytest 9 no longer reads.)
+# the workers write the map (node id -> unit) to $GROUPS_ENV during collection, and the controller's scheduler
+# reads it. (pytest-xdist's own loadgroup renames `item._nodeid`, which pytest 9 no longer reads.)
 SHARED_BUILD_GROUPS = {"exported_model_dir": "onnx-export"}
 GROUPS_ENV = "BIOMEDGPT_TEST_XDIST_GROUPS"
 
@@ -115,48 +114,26 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class UnitScheduling(LoadScopeScheduling):
-        units: dict[str, str] | None = None
-        slow: frozenset[str] = frozenset()
-
-        def _read_map(self) -> None:
-            if self.units is None:  # every worker has collected (and written the map) before scheduling
-                path = Path(os.environ.get(GROUPS_ENV, "/nonexistent"))
-                data = json.loads(path.read_text()) if path.is_file() else {}
-                self.units, self.slow = data.get("units", {}), frozenset(data.get("slow", ()))
+        groups: dict[str, str] | None = None
 
         def _split_scope(self, nodeid: str) -> str:
-            self._read_map()
-            if nodeid in self.units:
-                return self.units[nodeid]
+            if self.groups is None:  # every worker has collected (and written the map) before scheduling
+                path = Path(os.environ.get(GROUPS_ENV, "/nonexistent"))
+                self.groups = json.loads(path.read_text()) if path.is_file() else {}
+            if nodeid in self.groups:
+                return self.groups[nodeid]
             if nodeid.rfind("@") > nodeid.rfind("]"):  # an older pytest with xdist's own suffix
                 return nodeid.rsplit("@", 1)[1]
             return nodeid.split("::")[0]
 
-        def schedule(self) -> None:
-            """Units holding `slow` tests first, then the others by size (xdist's own order): a long unit
-            started last leaves the other worker idle at the end, and by size alone the one-test units of the
-            slowest tests (the tokenizer rebuild, Ray's recovery) came last."""
-            if self.collection is None and self.collection_is_completed:
-                self._read_map()
-                for node, ids in self.registered_collections.items():
-                    units: dict[str, list[str]] = {}
-                    for nodeid in ids:
-                        units.setdefault(self._split_scope(nodeid), []).append(nodeid)
-                    order = sorted(units.values(), key=lambda u: (not self.slow.intersection(u), -len(u)))
-                    self.registered_collections[node] = [nodeid for unit in order for nodeid in unit]
-            super().schedule()
-
-    config.option.loadscopereorder = False  # the order is set in `schedule`
     return UnitScheduling(config, log)
 
 
 def _write_groups(items) -> None:
     import json
 
-    groups, slow = {}, []
+    groups = {}
     for item in items:
-        if item.get_closest_marker("slow"):
-            slow.append(item.nodeid)
         marks = [
             m.args[0] if m.args else m.kwargs.get("name", "default") for m in item.iter_markers("xdist_group")
         ]
@@ -165,7 +142,7 @@ def _write_groups(items) -> None:
             groups[item.nodeid] = "_".join(sorted(map(str, marks))) if marks else shared[0]
     path = Path(os.environ[GROUPS_ENV])
     part = path.with_name(f"{path.name}.{os.getpid()}")
-    part.write_text(json.dumps({"units": groups, "slow": slow}))
+    part.write_text(json.dumps(groups))
     part.replace(path)  # both workers write the same map
 
 
