@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biomedgpt.config import check
+from biomedgpt.config import check, to_dict
 from biomedgpt.data.config import DataConfig
 from biomedgpt.eval.config import EvalConfig
 from biomedgpt.model.run_config import GenerationConfig, ModelConfig
@@ -81,3 +81,21 @@ def absolute_paths(cfg: RunConfig) -> RunConfig:
     train = dataclasses.replace(cfg.train, output_dir=absolute(cfg.train.output_dir))
     dist = dataclasses.replace(cfg.dist, storage=cfg.dist.storage and absolute(cfg.dist.storage))
     return dataclasses.replace(cfg, data=data, model=model, train=train, dist=dist)
+
+
+def recipe_changes(recorded: RunConfig, wanted: RunConfig) -> list[str]:
+    """ "key: old -> new" for each dotted key whose value differs between a run's recorded config and the recipe
+    (`train.resume` aside: it says how a run started, not what it trains). Paths are compared absolute, as the Ray
+    launcher records them (`absolute_paths`)."""
+
+    def flat(tree: object, prefix: str = "") -> dict[str, object]:
+        if not isinstance(tree, dict):
+            return {prefix[:-1]: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    old, new = flat(to_dict(absolute_paths(recorded))), flat(to_dict(absolute_paths(wanted)))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if key != "train.resume" and old.get(key) != new.get(key)
+    ]

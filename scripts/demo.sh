@@ -61,33 +61,18 @@ run_state() {
   $BIN/python - "$CONFIG" "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
-from biomedgpt.config import load_config, to_dict
-from biomedgpt.run_config import RunConfig, absolute_paths
+from biomedgpt.config import load_config
+from biomedgpt.run_config import RunConfig, recipe_changes
 cfg, run = load_config(RunConfig, [sys.argv[1]]), Path(sys.argv[2]) / "checkpoints"
 latest = run / "latest"
 folder = run / latest.read_text().strip() if latest.is_file() else None
-
-
-def flat(tree, prefix=""):
-    if not isinstance(tree, dict):
-        return {prefix[:-1]: tree}
-    return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-
-
-def recipe_changes(recorded_yaml):
-    """Keys whose value differs between the run's recorded config and the recipe (train.resume aside); paths
-    compared absolute, as the Ray launcher records them."""
-    recorded = flat(to_dict(absolute_paths(load_config(RunConfig, [recorded_yaml]))))
-    wanted = flat(to_dict(absolute_paths(cfg)))
-    return [f"{k}: {recorded.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(recorded) | set(wanted))
-            if k != "train.resume" and recorded.get(k) != wanted.get(k)]
-
-
 if folder is None or not (folder / "answers.json").is_file() or not (folder / "serving.json").is_file():
     print("none")
 elif "prompts" not in json.loads((folder / "serving.json").read_text()):
     print("none")
-elif (folder / "run_config.yaml").is_file() and (changes := recipe_changes(folder / "run_config.yaml")):
+elif (folder / "run_config.yaml").is_file() and (
+    changes := recipe_changes(load_config(RunConfig, [folder / "run_config.yaml"]), cfg)
+):
     print("changed")
     print(f"== {run.parent} was trained with another recipe than {sys.argv[1]}:", file=sys.stderr)
     print("\n".join(f"   {c}" for c in changes), file=sys.stderr)

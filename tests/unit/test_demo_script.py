@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from biomedgpt.config import dump_yaml, load_config
-from biomedgpt.run_config import RunConfig
+from biomedgpt.run_config import RunConfig, recipe_changes
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "demo.sh"
@@ -58,8 +58,15 @@ def test_a_run_of_this_recipe_is_reused_and_one_of_another_is_named_changed(tmp_
     )
     result = run_state(other)
     assert result.stdout.strip() == "changed"
-    assert "data.served_prompt_share: None -> 0.5" in result.stderr
+    assert f"data.served_prompt_share: None -> {recipe.data.served_prompt_share!r}" in result.stderr
 
     fake_run(tmp_path / "early", recipe, step=recipe.train.max_steps - 100)
     assert run_state(tmp_path / "early").stdout.strip() == "partial"
     assert run_state(tmp_path / "missing").stdout.strip() == "none"
+
+
+def test_recipe_changes_name_each_differing_key_and_ignore_how_the_run_started():
+    recipe = load_config(RunConfig, [RECIPE])
+    assert recipe_changes(recipe, recipe) == []
+    recorded = load_config(RunConfig, [RECIPE], ["data.mixture.vqa=1", "train.resume=true"])
+    assert recipe_changes(recorded, recipe) == [f"data.mixture.vqa: 1.0 -> {recipe.data.mixture['vqa']!r}"]
